@@ -1,0 +1,186 @@
+"""Photos to model-ready pixels: the one decode + resize path shared by `tagger tag` and training.
+
+The trainer imports `load_image` and `resize_image` from here, so a model sees at tagging time
+exactly the pixels it was trained on.
+"""
+from __future__ import annotations
+
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tagger.errors import ImageError
+
+# Larger than any camera sensor sold today (Phase One IQ4 is 151 MP); beyond it a file is a bomb.
+MAX_PIXELS = 300_000_000
+
+# Pillow's own guard warns at MAX_IMAGE_PIXELS and raises at twice that; ours runs first with a clearer
+# message, so Pillow's is set to agree with it rather than warn about legitimate 100 MP photos.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+try:  # HEIC/HEIF (iPhone photos) when the optional decoder is installed
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+    HEIF_AVAILABLE = True
+except ImportError:
+    HEIF_AVAILABLE = False
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
+    | ({".heic", ".heif"} if HEIF_AVAILABLE else set())
+)
+
+RESIZE_MODES = ("squash", "shortest", "longest")
+INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+# Transparent areas are shown on white by most photo viewers; tag what the user sees.
+_BACKGROUND = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model wants its input: travels in the model file (`tagger.preprocess`)."""
+
+    size: int = 224  # square side S of the uint8 [S, S, 3] input
+    resize: str = "shortest"  # squash: ignore aspect; shortest: scale + centre crop; longest: scale + pad
+    interpolation: str = "bicubic"  # resampling filter for the final resize
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.size, int) or not 8 <= self.size <= 4096:
+            raise ValueError(f"preprocess size must be an integer in [8, 4096], got {self.size!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"preprocess resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"preprocess interpolation must be one of {tuple(INTERPOLATIONS)}, got {self.interpolation!r}"
+            )
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "resize": self.resize, "interpolation": self.interpolation}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocess":
+        return cls(size=data["size"], resize=data.get("resize", "shortest"),
+                   interpolation=data.get("interpolation", "bicubic"))
+
+
+def is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def open_oriented(path: str | os.PathLike, min_side: int | None = None,
+                  max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode a photo upright in RGB. With `min_side`, large JPEGs decode at a reduced scale
+    (DCT draft mode) that still keeps both sides at least `min_side`: 4x less work on a 12 MP photo."""
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(path, f"image is {width}x{height} pixels, over the {max_pixels:,}-pixel "
+                                       "limit (decompression bomb?)")
+            if min_side and img.format == "JPEG":
+                img.draft("RGB", (min_side, min_side))
+            img.load()
+            img = _orient(img)
+            return to_rgb(img)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(path, "file not found (broken link or moved during the run)") from None
+    except PermissionError:
+        raise ImageError(path, "permission denied") from None
+    except IsADirectoryError:
+        raise ImageError(path, "is a folder, not an image") from None
+    except UnidentifiedImageError:
+        size = _file_size(path)
+        reason = "empty file (0 bytes)" if size == 0 else "not an image Pillow can read (unknown or corrupt format)"
+        raise ImageError(path, reason) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(path, f"decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
+        # Pillow reports truncated and corrupt data as OSError/SyntaxError with terse texts.
+        text = str(exc) or type(exc).__name__
+        if "truncated" in text:
+            text = "truncated or corrupt image data (" + text + ")"
+        raise ImageError(path, f"cannot decode image: {text}") from None
+
+
+def _file_size(path) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def _orient(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except (SyntaxError, ValueError, TypeError, KeyError, OSError, struct.error):
+        # Broken EXIF must not cost the user the photo: tag it as stored.
+        return img
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: alpha composited on white, 16-bit and float scaled, not clipped."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return Image.fromarray(_scale_to_uint8(np.asarray(img)), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise ImageError(getattr(img, "filename", None), f"unsupported colour mode {img.mode}: {exc}") from None
+
+
+def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    arr = arr.astype(np.float64)
+    top = float(arr.max()) if arr.size else 0.0
+    if top <= 1.0:  # float images in [0, 1]
+        scale = 255.0
+    elif top <= 255.0:
+        scale = 1.0
+    elif top <= 65535.0:  # 16-bit data, whatever container Pillow put it in
+        scale = 255.0 / 65535.0
+    else:
+        scale = 255.0 / top
+    return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+
+
+def resize_image(img: Image.Image, spec: Preprocess) -> np.ndarray:
+    """An RGB image to the model's uint8 [S, S, 3] input, per the model's preprocess spec."""
+    size = spec.size
+    resample = INTERPOLATIONS[spec.interpolation]
+    width, height = img.size
+    if spec.resize == "squash":
+        out = img.resize((size, size), resample, reducing_gap=3.0)
+    elif spec.resize == "shortest":
+        # Crop the centred square in source coordinates and resize only that: one resampling pass.
+        side = min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        out = img.resize((size, size), resample, box=(left, top, left + side, top + side), reducing_gap=3.0)
+    else:  # longest: letterbox on black
+        scale = size / max(width, height)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        inner = img.resize((new_w, new_h), resample, reducing_gap=3.0)
+        out = Image.new("RGB", (size, size))
+        out.paste(inner, ((size - new_w) // 2, (size - new_h) // 2))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def load_image(path: str | os.PathLike, spec: Preprocess, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode, orient and resize one photo: the model's input pixels, uint8 [S, S, 3]."""
+    img = open_oriented(path, min_side=spec.size, max_pixels=max_pixels)
+    return resize_image(img, spec)
+

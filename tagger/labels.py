@@ -1,0 +1,53 @@
+"""The user's tag vocabulary (`mytags.txt`): one tag per line, `#` comments, `Parent|Child` allowed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tagger.errors import LabelsError
+
+HIERARCHY_SEP = "|"
+
+
+def parse_labels(text: str, source: str = "<labels>") -> list[str]:
+    """Tags in file order. Duplicates and empty hierarchy levels are errors naming the line."""
+    tags: list[str] = []
+    seen: dict[str, int] = {}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        levels = [level.strip() for level in line.split(HIERARCHY_SEP)]
+        if any(not level for level in levels):
+            raise LabelsError(source, f"line {lineno}: empty tag level in {line!r}")
+        tag = HIERARCHY_SEP.join(levels)
+        key = tag.casefold()
+        if key in seen:
+            raise LabelsError(source, f"line {lineno}: duplicate tag {tag!r} (first on line {seen[key]})")
+        seen[key] = lineno
+        tags.append(tag)
+    if not tags:
+        raise LabelsError(source, "no tags in the labels file")
+    return tags
+
+
+def read_labels(path: str | Path) -> list[str]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise LabelsError(path, "labels file not found") from None
+    except UnicodeDecodeError:
+        raise LabelsError(path, "labels file is not UTF-8 text") from None
+    except OSError as exc:
+        raise LabelsError(path, f"cannot read labels file: {exc.strerror or exc}") from None
+    return parse_labels(text, str(path))
+
+
+def tag_levels(tag: str) -> list[str]:
+    """`Animals|Dog` -> ["Animals", "Dog"]; a flat tag is a single level."""
+    return tag.split(HIERARCHY_SEP)
+
+
+def leaf(tag: str) -> str:
+    """The most specific level: what a prompt says and what a flat keyword list shows."""
+    return tag_levels(tag)[-1]

@@ -1,0 +1,1 @@
+"""Output writers: sidecar JSON, XMP sidecars, keywords embedded in the photo."""
