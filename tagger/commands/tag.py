@@ -1,0 +1,99 @@
+"""`tagger tag PATH...`: tag every photo under the given folders."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from tagger.errors import ModelError, TaggerError
+from tagger.modelfile import TaggerModel, cpu_count
+from tagger.store import resolve_model
+from tagger.tagging import Decision, TagRun
+from tagger.writers import WRITER_NAMES, create_writer
+
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _parse_writers(ctx, param, value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [n for n in names if n not in WRITER_NAMES]
+    if unknown or not names:
+        raise click.BadParameter(f"{', '.join(unknown) or value!r}: choose from {', '.join(WRITER_NAMES)}")
+    return list(dict.fromkeys(names))
+
+
+def _check_roots(paths: tuple[str, ...]) -> None:
+    """A root that is missing or unreadable is fatal (exit 1): nothing useful can happen."""
+    import os
+
+    for path in paths:
+        if not os.path.lexists(path):
+            raise click.ClickException(f"{path}: no such file or folder")
+        if os.path.isdir(path) and not os.access(path, os.R_OK | os.X_OK):
+            raise click.ClickException(f"{path}: folder not readable (permission denied)")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--model", "model_spec", envvar="TAGGER_MODEL", metavar="NAME|FILE",
+              help="Model name in the store or path to a .onnx file [env TAGGER_MODEL; default: the only "
+                   "installed model].")
+@click.option("--write", "write", default="json", show_default=True, callback=_parse_writers,
+              metavar="json,xmp,embed", help="Where tags go: sidecar JSON, XMP sidecar, inside the photo.")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="One threshold for every tag instead of the model's calibrated per-tag thresholds.")
+@click.option("--top-k", type=click.IntRange(min=1), default=None, help="Keep at most K tags per photo.")
+@click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Photos per model call; 0 picks by device (16 on CPU, 64 on GPU).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "coreml", "directml"]), default="auto",
+              show_default=True, envvar="TAGGER_DEVICE", help="Where the model runs.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Decoding threads [default: one per core].")
+@click.option("--exclude", multiple=True, metavar="GLOB",
+              help="Skip files and folders whose name or relative path matches (repeatable).")
+@click.option("--force", is_flag=True, help="Re-tag photos whose outputs are already up to date.")
+@click.option("--dry-run", is_flag=True, help="Write nothing; print each photo's result as a JSON line.")
+@click.option("--xmp-name", type=click.Choice(["extension", "basename"]), default="extension", show_default=True,
+              help="New XMP sidecars as IMG.jpg.xmp (darktable, digiKam) or IMG.xmp (Lightroom).")
+@click.option("--keyword-prefix", default=None, metavar="TEXT",
+              help="Put the tagger's keywords under this parent (e.g. 'auto'), for --write xmp/embed.")
+@click.option("--backup", is_flag=True, help="With --write embed, keep each original as FILE_original.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def tag(paths, model_spec, write, threshold, top_k, batch_size, device, workers, exclude, force, dry_run,
+        xmp_name, keyword_prefix, backup, quiet) -> None:
+    """Tag every photo under PATH... and write the tags beside them.
+
+    Folders are walked recursively (hidden ones skipped). Photos whose outputs are up to date for
+    this model are skipped, so an interrupted run resumes where it stopped. Exit status: 0 all
+    tagged, 1 fatal error, 2 usage error, 3 finished but some files failed (listed at the end).
+    """
+    _check_roots(paths)
+    workers = workers or cpu_count()
+    try:
+        model = TaggerModel(resolve_model(model_spec), device=device, spinning=False)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    on_gpu = model.providers[0] != "CPUExecutionProvider"
+    batch_size = batch_size or (64 if on_gpu else 16)
+
+    try:
+        writers = [] if dry_run else [create_writer(name, xmp_name=xmp_name, keyword_prefix=keyword_prefix,
+                                                    backup=backup) for name in write]
+    except TaggerError as exc:  # e.g. exiftool missing for --write embed
+        raise click.ClickException(str(exc)) from None
+
+    from tqdm import tqdm
+
+    with tqdm(unit="img", desc=f"tagging ({model.providers[0].removesuffix('ExecutionProvider')})",
+              disable=True if quiet else None, file=sys.stderr, dynamic_ncols=True) as bar:
+        run = TagRun(model=model, writers=writers, decision=Decision.for_model(model, threshold, top_k),
+                     batch_size=batch_size, workers=workers, force=force, dry_run=dry_run,
+                     emit=click.echo, progress=bar.update)
+        summary = run.run(paths, exclude)
+
+    for line in summary.lines():
+        click.echo(line, err=True)
+    if summary.interrupted:
+        sys.exit(EXIT_INTERRUPTED)
+    if summary.failed:
+        sys.exit(EXIT_SOME_FAILED)

@@ -1,0 +1,127 @@
+"""A tagging run: which photos need work, scores to tag decisions, writing, and the run's summary."""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tagger.discover import iter_photos
+from tagger.errors import TaggerError
+from tagger.modelfile import TaggerModel
+from tagger.pipeline import run_model
+from tagger.writers import ModelRef, PhotoResult, Writer
+from tagger.writers.json_sidecar import sidecar_document
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How scores become tags: per-tag calibrated thresholds unless the user overrides them."""
+
+    labels: Sequence[str]
+    thresholds: np.ndarray  # [C]
+    top_k: int | None = None
+
+    @classmethod
+    def for_model(cls, model: TaggerModel, threshold: float | None = None, top_k: int | None = None
+                  ) -> "Decision":
+        thresholds = np.asarray(model.info.thresholds, dtype=np.float32)
+        if threshold is not None:
+            thresholds = np.full_like(thresholds, threshold)
+        return cls(model.labels, thresholds, top_k)
+
+    def tags(self, scores: np.ndarray) -> list[tuple[str, float]]:
+        chosen = np.flatnonzero(scores >= self.thresholds)
+        chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
+        if self.top_k is not None:
+            chosen = chosen[: self.top_k]
+        return [(self.labels[i], float(scores[i])) for i in chosen]
+
+
+@dataclass
+class Summary:
+    tagged: int = 0
+    skipped: int = 0  # outputs already up to date for this model
+    failed: list[TaggerError] = field(default_factory=list)
+    interrupted: bool = False
+
+    def lines(self) -> list[str]:
+        head = f"{self.tagged} tagged, {self.skipped} skipped (up to date), {len(self.failed)} failed"
+        if self.interrupted:
+            head = "Interrupted: " + head + ". Run the same command again to finish."
+        return [head] + [f"  failed: {error}" for error in self.failed]
+
+
+@dataclass
+class TagRun:
+    """One `tagger tag` invocation, independent of the command line so tests can drive it."""
+
+    model: TaggerModel
+    writers: list[Writer]
+    decision: Decision
+    batch_size: int
+    workers: int
+    force: bool = False
+    dry_run: bool = False
+    emit: Callable[[str], None] = print  # where --dry-run prints its JSON lines
+    progress: Callable[[int], None] = lambda n: None  # called with photos finished
+
+    def run(self, roots: Iterable[str | os.PathLike], exclude: Iterable[str] = ()) -> Summary:
+        summary = Summary()
+        model_ref = ModelRef(self.model.info.name, self.model.info.sha256)
+        todo = self._needing_work(iter_photos(roots, exclude), model_ref, summary)
+        try:
+            for done, errors in run_model(todo, self.model.predict, self.model.info.preprocess,
+                                          batch_size=self.batch_size, workers=self.workers):
+                summary.failed.extend(errors)
+                for decoded, scores in done:
+                    result = PhotoResult(
+                        path=decoded.path, size=decoded.stat.st_size, mtime=decoded.stat.st_mtime,
+                        model=model_ref, tags=self.decision.tags(scores),
+                        scores={label: float(s) for label, s in zip(self.model.labels, scores)})
+                    self._write(result, summary)
+                self.progress(len(done) + len(errors))
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        finally:
+            for writer in self.writers:
+                writer.close()
+        return summary
+
+    def _needing_work(self, found: Iterator[Path | TaggerError], model_ref: ModelRef, summary: Summary
+                      ) -> Iterator[Path]:
+        for item in found:
+            if isinstance(item, TaggerError):
+                summary.failed.append(item)
+                self.progress(1)
+            elif not self.force and not self.dry_run and self._is_current(item, model_ref):
+                summary.skipped += 1
+                self.progress(1)
+            else:
+                yield item
+
+    def _is_current(self, photo: Path, model_ref: ModelRef) -> bool:
+        try:
+            stat = photo.stat()
+        except OSError:
+            return False  # decoding will report it
+        return all(writer.is_current(photo, stat, model_ref) for writer in self.writers)
+
+    def _write(self, result: PhotoResult, summary: Summary) -> None:
+        if self.dry_run:
+            self.emit(json.dumps(sidecar_document(result), ensure_ascii=False))
+            summary.tagged += 1
+            return
+        errors = []
+        for writer in self.writers:
+            try:
+                writer.write(result)
+            except TaggerError as exc:
+                errors.append(exc)
+        if errors:
+            summary.failed.extend(errors)
+        else:
+            summary.tagged += 1
