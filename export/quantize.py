@@ -1,0 +1,98 @@
+"""Smaller and faster variants of an exported fp32 graph: int8 for CPUs, fp16 for GPUs.
+
+int8 is ONNX Runtime's dynamic quantization by default: weights of every MatMul/Gemm stored as int8
+per output channel, activations quantized on the fly per batch. Measured against static QDQ
+quantization with calibration images (bench/export_speed.py, tests/test_export_quantize.py): dynamic
+needs no calibration data, agrees at least as well with fp32 on tag decisions, and runs as fast
+on CPU, since ONNX Runtime's static QDQ path leaves LayerNorm/Softmax/GELU in float and pays a
+quantize/dequantize pair around every MatMul. Static stays available (`method="static"`) for runtimes
+with integer-only accelerators.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from export.onnx_export import ExportError
+from tagger.modelfile import INPUT_NAME
+
+INT8_METHODS = ("dynamic", "static")
+MIN_AGREEMENT = 0.99  # fraction of (image, tag) decisions an int8 model must share with fp32
+# Ops whose weights carry almost all the compute in a ViT; quantizing Conv too (the patch embedding,
+# one small op) costs agreement for no speed.
+INT8_OPS = ["MatMul", "Gemm"]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    decisions: float  # fraction of (image, tag) yes/no decisions equal to fp32's
+    images: float  # fraction of images whose whole tag set is equal to fp32's
+    max_abs_diff: float  # largest score difference
+    count: int  # validation images compared
+
+    def __str__(self) -> str:
+        return (f"{self.decisions:.2%} of tag decisions agree with fp32 ({self.images:.1%} of images get "
+                f"exactly the same tags; max score difference {self.max_abs_diff:.3f}) on {self.count} "
+                "validation images")
+
+
+def decision_agreement(reference: np.ndarray, scores: np.ndarray, thresholds: np.ndarray | list[float]
+                       ) -> Agreement:
+    """How often a variant makes the same tag decision (score >= per-tag threshold) as the fp32 model."""
+    limits = np.asarray(thresholds, dtype=np.float32)[None, :]
+    ref_yes, yes = reference >= limits, scores >= limits
+    same = ref_yes == yes
+    return Agreement(decisions=float(same.mean()), images=float(same.all(axis=1).mean()),
+                     max_abs_diff=float(np.abs(reference - scores).max()), count=len(reference))
+
+
+class _Images:
+    """CalibrationDataReader over uint8 images, a batch at a time."""
+
+    def __init__(self, images: np.ndarray, batch: int = 8):
+        self._batches = iter([np.ascontiguousarray(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+    def get_next(self):
+        chunk = next(self._batches, None)
+        return None if chunk is None else {INPUT_NAME: chunk}
+
+
+def quantize_int8(fp32: bytes, method: str = "dynamic", calibration: np.ndarray | None = None) -> bytes:
+    """An int8 copy of an fp32 graph (metadata not carried: the caller attaches it)."""
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_dynamic, quantize_static)
+
+    if method not in INT8_METHODS:
+        raise ValueError(f"int8 method must be one of {INT8_METHODS}, got {method!r}")
+    if method == "static" and (calibration is None or not len(calibration)):
+        raise ExportError("static int8 quantization needs calibration images")
+    with tempfile.TemporaryDirectory(prefix="tagger-quant-") as tmp:
+        src, prepared, dst = Path(tmp, "fp32.onnx"), Path(tmp, "prepared.onnx"), Path(tmp, "int8.onnx")
+        src.write_bytes(fp32)
+        # Shape inference lets the quantizer see every MatMul's weight; ORT's own graph optimisation
+        # is skipped here because it would bake CPU-specific fused ops into the file.
+        quant_pre_process(str(src), str(prepared), skip_optimization=True, skip_symbolic_shape=True)
+        if method == "dynamic":
+            quantize_dynamic(str(prepared), str(dst), op_types_to_quantize=INT8_OPS, per_channel=True,
+                             weight_type=QuantType.QInt8)
+        else:
+            quantize_static(str(prepared), str(dst), _Images(calibration), quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=INT8_OPS, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        return dst.read_bytes()
+
+
+def convert_fp16(fp32: bytes) -> bytes:
+    """An fp16 copy for GPUs. Input stays uint8 and `scores` stays float32, so the runtime sees the
+    same contract; TopK and the final sigmoid stay fp32 where the score resolution matters."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    proto = onnx.load_from_string(fp32)
+    half = convert_float_to_float16(proto, keep_io_types=True,
+                                    op_block_list=["TopK", "Sigmoid", "ReduceL2", "LayerNormalization"])
+    return half.SerializeToString()
