@@ -24,7 +24,32 @@ COMMANDS = {
 }
 
 
+# What `pip install "tagger[train]"` brings, plus the train/ and export/ packages the binary leaves out.
+TRAINING_MODULES = frozenset({"torch", "torchvision", "open_clip", "timm", "onnx", "onnxscript", "onnx_ir",
+                              "train", "export"})
+
+
+def _training_extras_missing(exc: ModuleNotFoundError, command: str | None) -> click.ClickException | None:
+    """The one-line answer for a command whose training dependencies are not here (binary, runtime install)."""
+    if (exc.name or "").split(".")[0] not in TRAINING_MODULES:
+        return None
+    if getattr(sys, "frozen", False):
+        return click.ClickException(f"`tagger {command}` is not in the tagger binary, which tags photos only: "
+                                    'training and export need Python and pip install "tagger[train]"')
+    return click.ClickException(f"`tagger {command}` needs the training extras (missing: {exc.name}): "
+                                'pip install "tagger[train]"')
+
+
 class LazyGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ModuleNotFoundError as exc:  # a command importing train/export/torch inside itself
+            answer = _training_extras_missing(exc, ctx.invoked_subcommand)
+            if answer is None:
+                raise
+            raise answer from None
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name in COMMANDS if self._load(name) is not None]
 

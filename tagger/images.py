@@ -24,7 +24,10 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 try:  # HEIC/HEIF (iPhone photos) when the optional decoder is installed
-    from pillow_heif import register_heif_opener
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:  # pi-heif: the same libheif decoder without the (GPL, 22 MB) x265 encoder
+        from pi_heif import register_heif_opener
 
     register_heif_opener()
     HEIF_AVAILABLE = True
