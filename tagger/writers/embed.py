@@ -1,0 +1,157 @@
+"""Keywords inside the photo (`--write embed`), through one persistent exiftool process.
+
+Only the keyword fields and the tagger's own XMP namespace change; exiftool rewrites the file into
+a temporary one and renames it over the photo, so a crash or Ctrl-C never leaves half a photo.
+The record holds the photo's size *after* the tagger's write, so a re-run recognises its own work:
+the size is only known once written, so it goes in as a fixed-width placeholder and is filled in
+by a second, same-length write. The modification time is restored to the nanosecond (`-P` alone
+keeps whole seconds).
+"""
+from __future__ import annotations
+
+import os
+import stat as stat_module
+from pathlib import Path
+
+from tagger.errors import TaggerError, WriteError
+from tagger.exiftool import ExifTool
+from tagger.keywords import (EXIFTOOL_TAGS, RECORD_VERSION, KeywordFields, TaggerRecord, check_prefix,
+                             exiftool_fields, exiftool_record, iptc_fits, merge_keywords, strip_keywords)
+from tagger.writers.base import ModelRef, PhotoResult
+from tagger.writers.xmp_sidecar import checked_stat
+
+_SIZE_WIDTH = 12  # digits: photos up to 1 TB; fixed so that filling it in does not change the size
+_NOTHING = KeywordFields(iptc=())
+
+
+def _list_assignments(tag: str, values: tuple[str, ...]) -> list[str]:
+    # Plain `=` assignments replace the whole list; a lone empty one deletes the tag.
+    return [f"-{tag}={value}" for value in values] if values else [f"-{tag}="]
+
+
+def _field_assignments(current: KeywordFields, new: KeywordFields) -> list[str]:
+    args: list[str] = []
+    if new.subject != current.subject:
+        args += _list_assignments("XMP-dc:Subject", new.subject)
+    if new.hierarchical != current.hierarchical:
+        args += _list_assignments("XMP-lr:HierarchicalSubject", new.hierarchical)
+    if new.iptc is not None and new.iptc != current.iptc:
+        args += _list_assignments("IPTC:Keywords", new.iptc)
+    return args
+
+
+def _toolkit(entry: dict) -> str:
+    """exiftool stamps its own name into XMP-x:XMPToolkit on every XMP write; keep the photo's."""
+    value = entry.get("XMP-x:XMPToolkit")
+    return f"-XMP-x:XMPToolkit={value}" if value else "-XMP-x:XMPToolkit="
+
+
+def _check_writable(photo: Path, stat: os.stat_result) -> None:
+    # Mode bits, not os.access: exiftool (and root) can replace a read-only file in a writable
+    # folder, but a read-only photo is the user saying "do not change this one".
+    if not stat.st_mode & stat_module.S_IWUSR:
+        raise WriteError(photo, "photo is read-only; not changed (make it writable, or use --write xmp)")
+    if not os.access(photo.parent, os.W_OK | os.X_OK):
+        raise WriteError(photo, "folder not writable; exiftool needs to write a temporary file beside the photo")
+
+
+class EmbedWriter:
+    name = "embed"
+
+    def __init__(self, keyword_prefix: str | None = None, backup: bool = False, exiftool: ExifTool | None = None):
+        self.keyword_prefix = check_prefix(keyword_prefix)
+        self.backup = backup
+        self._tool = exiftool or ExifTool()  # raises ExifToolMissing now, not once per photo
+
+    def is_current(self, photo: Path, stat: os.stat_result, model: ModelRef) -> bool:
+        try:
+            entry = self._tool.read_one(photo, ("XMP-tagger:all",))
+        except TaggerError:
+            return False  # write() reports it
+        record = exiftool_record(entry)
+        return record is not None and record.is_current(stat, model.sha256, self.keyword_prefix)
+
+    def write(self, result: PhotoResult) -> None:
+        photo = result.path
+        before = checked_stat(result)
+        _check_writable(photo, before)
+        entry = self._tool.read_one(photo, EXIFTOOL_TAGS)
+        current, previous = exiftool_fields(entry), exiftool_record(entry)
+        new, added = merge_keywords(current, previous.added if previous else _NOTHING,
+                                    [tag for tag, _score in result.tags], self.keyword_prefix,
+                                    iptc_fits(entry.get("IPTC:CodedCharacterSet")))
+        record = TaggerRecord(model=result.model.name, model_sha256=result.model.sha256,
+                              keyword_prefix=self.keyword_prefix or "", photo_size=0,
+                              photo_mtime_ns=before.st_mtime_ns, added=added)
+        args = _field_assignments(current, new) + _record_assignments(record) + [_toolkit(entry)]
+        try:
+            self._tool.write(photo, args, backup=self.backup)
+            self._fill_in_size(photo, before, _toolkit(entry))
+        finally:
+            _restore_mtime(photo, before)
+
+    def _fill_in_size(self, photo: Path, before: os.stat_result, toolkit: str) -> None:
+        written = 0
+        for _attempt in range(3):
+            size = photo.stat().st_size
+            if size == written:
+                return
+            self._tool.write(photo, [f"-XMP-tagger:TaggerPhotoSize={size:0{_SIZE_WIDTH}d}", toolkit])
+            written = size
+        raise WriteError(photo, "photo size kept changing while its record was written; run again")
+
+    @property
+    def tool(self) -> ExifTool:
+        return self._tool
+
+    def untag(self, photo: Path, dry_run: bool = False, entry: dict | None = None) -> int | None:
+        """Remove the tagger's keywords and record from one photo: the number of keywords removed,
+        None when the photo holds no tagger record. `entry` is the photo's EXIFTOOL_TAGS when
+        already read (untag reads photos in batches). Raises WriteError."""
+        if entry is None:
+            entry = self._tool.read_one(photo, EXIFTOOL_TAGS)
+        record = exiftool_record(entry)
+        if record is None:
+            return None
+        current = exiftool_fields(entry)
+        user = strip_keywords(current, record.added)
+        removed = sum(len(a) - len(b) for a, b in ((current.subject, user.subject),
+                                                   (current.hierarchical, user.hierarchical),
+                                                   (current.iptc or (), user.iptc or ())))
+        if dry_run:
+            return removed
+        try:
+            before = photo.stat()
+        except OSError as exc:
+            raise WriteError(photo, f"cannot read: {exc.strerror or exc}") from None
+        _check_writable(photo, before)
+        args = _field_assignments(current, user) + ["-XMP-tagger:all=", _toolkit(entry)]
+        try:
+            self._tool.write(photo, args, backup=self.backup)
+        finally:
+            _restore_mtime(photo, before)
+        return removed
+
+    def close(self) -> None:
+        self._tool.close()
+
+
+def _record_assignments(record: TaggerRecord) -> list[str]:
+    args = [f"-XMP-tagger:TaggerVersion={RECORD_VERSION}", f"-XMP-tagger:TaggerModel={record.model}",
+            f"-XMP-tagger:TaggerModelSHA256={record.model_sha256}",
+            f"-XMP-tagger:TaggerKeywordPrefix={record.keyword_prefix}",
+            f"-XMP-tagger:TaggerPhotoSize={record.photo_size or 0:0{_SIZE_WIDTH}d}",
+            f"-XMP-tagger:TaggerPhotoMTime={record.photo_mtime_ns}"]
+    args += _list_assignments("XMP-tagger:TaggerSubject", record.added.subject)
+    args += _list_assignments("XMP-tagger:TaggerHierarchicalSubject", record.added.hierarchical)
+    args += _list_assignments("XMP-tagger:TaggerIPTCKeywords", record.added.iptc or ())
+    return args
+
+
+def _restore_mtime(photo: Path, before: os.stat_result) -> None:
+    try:
+        now = photo.stat()
+        if now.st_mtime_ns != before.st_mtime_ns:
+            os.utime(photo, ns=(now.st_atime_ns, before.st_mtime_ns))
+    except OSError:
+        pass  # the write itself failed; its error is the one worth reporting
