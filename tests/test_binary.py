@@ -92,6 +92,45 @@ def test_tags_camera_photos_like_the_python_package(binary, samples, colour_mode
     assert f"0 tagged, {len(good)} skipped" in rerun.stderr, rerun.stderr
 
 
+def exiftool_keywords(path: Path) -> dict:
+    out = subprocess.run(["exiftool", "-j", "-XMP-dc:Subject", "-XMP-lr:HierarchicalSubject", str(path)],
+                         capture_output=True, text=True, check=True)
+    entry = json.loads(out.stdout)[0]
+    return {key: value if isinstance(value, list) else [value] for key, value in entry.items()
+            if key in ("Subject", "HierarchicalSubject")}
+
+
+def test_writes_xmp_sidecars_and_embedded_keywords_with_exiftool_from_path(binary, samples, colour_model,
+                                                                            tmp_path):
+    if shutil.which("exiftool") is None:
+        pytest.fail("exiftool is not installed: run scripts/install-system-deps.sh")
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (96, 64), (250, 5, 5)).save(photos / "red.jpg")
+    Image.new("RGB", (96, 64), (250, 250, 250)).save(photos / "white.jpg")
+    shutil.copyfile(samples / "jpg" / "Canon_40D.jpg", photos / "Canon_40D.jpg")  # writable, unlike the samples
+
+    result = run_binary(binary, "tag", str(photos), "--model", str(colour_model), "--write", "json,xmp,embed", "-q",
+                        home=tmp_path, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert exiftool_keywords(photos / "red.jpg")["Subject"] == ["red"]
+    assert exiftool_keywords(photos / "red.jpg.xmp")["Subject"] == ["red"]
+    assert "Light|bright" in exiftool_keywords(photos / "white.jpg")["HierarchicalSubject"]
+    assert "Light|bright" in exiftool_keywords(photos / "white.jpg.xmp")["HierarchicalSubject"]
+    canon_tags = {t["tag"] for t in json.loads((photos / "Canon_40D.jpg.json").read_text())["tags"]}
+    assert set(exiftool_keywords(photos / "Canon_40D.jpg").get("HierarchicalSubject", [])) \
+        | set(exiftool_keywords(photos / "Canon_40D.jpg").get("Subject", [])) >= canon_tags
+
+    untag = run_binary(binary, "untag", str(photos), home=tmp_path, cwd=tmp_path)
+
+    assert untag.returncode == 0, untag.stderr
+    for photo in ("red.jpg", "white.jpg", "Canon_40D.jpg"):
+        assert exiftool_keywords(photos / photo) == {}, photo
+
+
 def test_heic_photos_are_decoded(binary, colour_model, tmp_path):
     pillow_heif = pytest.importorskip("pillow_heif", reason="the test venv makes the HEIC with pillow-heif")
     from PIL import Image
@@ -161,7 +200,9 @@ def test_bundle_holds_no_training_code_and_fits_the_budget(binary):
          "print('\\n'.join(R(sys.argv[1]).open_embedded_archive('PYZ.pyz').toc))", str(binary)],
         capture_output=True, text=True, check=True)
     modules = set(listing.stdout.split())
-    assert {"tagger.cli", "tagger.commands.tag", "tagger.commands.models", "onnxruntime", "PIL.Image"} <= modules
+    assert {"tagger.cli", "tagger.commands.tag", "tagger.commands.models", "tagger.commands.untag",
+            "tagger.writers.json_sidecar", "tagger.writers.xmp_sidecar", "tagger.writers.embed",
+            "exiftool", "onnxruntime", "PIL.Image", "pi_heif"} <= modules
     assert not sorted(m for m in modules if m.split(".")[0] in TRAINING_MODULES)
 
     size_mb = sum(p.stat().st_size for p in files if p.is_file() and not p.is_symlink()) / 2**20
