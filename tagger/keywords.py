@@ -177,7 +177,7 @@ def set_packet_keywords(packet: XmpPacket, fields: KeywordFields) -> None:
 
 def set_packet_record(packet: XmpPacket, record: TaggerRecord | None) -> None:
     """Write the tagger's namespace; None removes it entirely (untag)."""
-    packet.remove_namespace(NS_TAGGER)
+    packet.remove_namespace(NS_TAGGER, keep_declaration=record is not None)
     if record is None:
         return
     for name, value in (("TaggerVersion", RECORD_VERSION), ("TaggerModel", record.model),

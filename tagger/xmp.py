@@ -31,7 +31,7 @@ _NEW_PACKET = (
     f'<?xpacket begin="\ufeff" id="{_PACKET_ID}"?>\n'
     f'<x:xmpmeta xmlns:x="{NS_X}" x:xmptk="tagger {__version__}">\n'
     f' <rdf:RDF xmlns:rdf="{NS_RDF}">\n'
-    f'  <rdf:Description rdf:about=""/>\n'
+    f'  <rdf:Description rdf:about="" xmlns:dc="{NS_DC}" xmlns:lr="{NS_LR}" xmlns:tagger="{NS_TAGGER}"/>\n'
     f' </rdf:RDF>\n'
     f'</x:xmpmeta>\n'
     f'<?xpacket end="w"?>'
@@ -160,8 +160,9 @@ class XmpPacket:
         for prop in self._property_elements(ns, name):
             _remove_with_indent(prop)
 
-    def remove_namespace(self, ns: str) -> None:
-        """Drop every property of one namespace (the tagger's own record, on untag)."""
+    def remove_namespace(self, ns: str, keep_declaration: bool = False) -> None:
+        """Drop every property of one namespace (the tagger's own record, on untag); its
+        declaration goes too unless it is about to be used again."""
         for desc in self._descriptions():
             for child in _elements(desc):
                 if child.namespaceURI == ns:
@@ -170,6 +171,25 @@ class XmpPacket:
             for attr in [attrs.item(i) for i in range(attrs.length)]:
                 if attr.namespaceURI == ns:
                     desc.removeAttributeNode(attr)
+        if not keep_declaration:
+            self._drop_declarations(ns)
+
+    def _drop_declarations(self, ns: str) -> None:
+        """Remove `xmlns:p="ns"` once nothing uses the namespace, leaving the sidecar as it was."""
+        elements, stack = [], [self.document.documentElement]
+        while stack:
+            node = stack.pop()
+            elements.append(node)
+            stack.extend(_elements(node))
+        for node in elements:
+            attrs = node.attributes
+            if node.namespaceURI == ns or any(attrs.item(i).namespaceURI == ns for i in range(attrs.length)):
+                return
+        for node in elements:
+            attrs = node.attributes
+            for attr in [attrs.item(i) for i in range(attrs.length)]:
+                if attr.namespaceURI == XMLNS_NAMESPACE and attr.value == ns:
+                    node.removeAttributeNode(attr)
 
     def set_text(self, ns: str, name: str, value: str | None) -> None:
         existing = self._property_elements(ns, name)

@@ -8,6 +8,7 @@ photos' keywords, so the extension form is used and the user is told.
 from __future__ import annotations
 
 import os
+import stat as stat_module
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -128,7 +129,16 @@ def _load(sidecar: Path) -> XmpPacket:
         packet = read_sidecar_packet(sidecar)
     except XmpError as exc:
         raise WriteError(sidecar, f"{exc.reason}; not overwritten (fix or move it to tag this photo)") from None
-    return new_xmp() if packet is None else packet
+    if packet is None:
+        return new_xmp()
+    _check_writable(sidecar)
+    return packet
+
+
+def _check_writable(sidecar: Path) -> None:
+    # An atomic rename would replace a read-only file anyway; honour the user's "do not touch".
+    if not sidecar.stat().st_mode & stat_module.S_IWUSR:
+        raise WriteError(sidecar, "sidecar is read-only; not changed (make it writable to update it)")
 
 
 def untag_sidecars(photo: Path, dry_run: bool = False) -> list[tuple[Path, int]]:
@@ -152,6 +162,7 @@ def untag_sidecars(photo: Path, dry_run: bool = False) -> list[tuple[Path, int]]
         done.append((sidecar, removed))
         if dry_run:
             continue
+        _check_writable(sidecar)
         set_packet_keywords(packet, user)
         set_packet_record(packet, None)
         if packet.is_empty():
