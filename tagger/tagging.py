@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -116,11 +116,20 @@ class TagRun:
             summary.tagged += 1
             return
         errors = []
-        for writer in self.writers:
+        # A writer that changes the photo itself (embed) goes first; the others then record the
+        # photo's size after that write, so the next run finds every output up to date.
+        for writer in sorted(self.writers, key=lambda w: not getattr(w, "changes_photo", False)):
             try:
                 writer.write(result)
             except TaggerError as exc:
                 errors.append(exc)
+                continue
+            if getattr(writer, "changes_photo", False):
+                try:
+                    stat = result.path.stat()
+                except OSError:
+                    continue
+                result = replace(result, size=stat.st_size, mtime=stat.st_mtime)
         if errors:
             summary.failed.extend(errors)
         else:

@@ -57,6 +57,7 @@ def _check_writable(photo: Path, stat: os.stat_result) -> None:
 
 class EmbedWriter:
     name = "embed"
+    changes_photo = True  # tagger.tagging runs it before the sidecar writers and re-reads the photo's size
 
     def __init__(self, keyword_prefix: str | None = None, backup: bool = False, exiftool: ExifTool | None = None):
         self.keyword_prefix = check_prefix(keyword_prefix)
