@@ -19,7 +19,7 @@ class Parity:
     images: int
 
     def __str__(self) -> str:
-        return f"max |ORT - PyTorch| score difference {self.max_abs_diff:.2e} on {self.images} validation images"
+        return f"max |ORT - PyTorch| score difference {self.max_abs_diff:.2e} on {self.images} images"
 
 
 def torch_scores(module: torch.nn.Module, images: np.ndarray, batch: int = BATCH) -> np.ndarray:
