@@ -7,7 +7,6 @@ exiftool refuses becomes a one-line error for that file, never a crash of the ru
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -15,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tagger.errors import TaggerError, WriteError
-from tagger.xmp import NS_TAGGER
+from tagger.xmp import NS_TAGGER, XmpError, parse_xmp
 
 INSTALL_HINT = ("install it (Debian/Ubuntu: sudo apt install libimage-exiftool-perl; Fedora: sudo dnf install "
                 "perl-Image-ExifTool; macOS: brew install exiftool; Windows: https://exiftool.org) or point "
@@ -134,51 +133,61 @@ class ExifTool:
             self.close()
             raise TaggerError(None, f"exiftool stopped unexpectedly ({exc})") from None
         stderr = self._process.last_stderr
-        return (self._process.last_status,
-                stdout.decode("utf-8", "surrogateescape"), stderr.decode("utf-8", "surrogateescape"))
+        return (self._process.last_status, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace"))
 
     def read(self, paths: Sequence[Path], tags: Iterable[str], fast: bool = False
              ) -> dict[Path, dict | TaggerError]:
-        """The requested tags (`-G1` names such as `XMP-dc:Subject`) of each photo, or its error."""
+        """The requested tags of each photo, keyed `Group:Tag` (family 1, e.g. `XMP-dc:Subject`):
+        a list for list tags, else a string. A photo that cannot be read maps to its error."""
+        tags = list(tags)
         results: dict[Path, dict | TaggerError] = {}
         by_name: dict[str, Path] = {}
-        args: list[str | bytes] = ["-j", "-G1"] + (["-fast"] if fast else [])
-        args += [f"-{tag}" for tag in tags]
         for path in paths:
             try:
                 raw = _argument(path)
             except TaggerError as exc:
                 results[path] = exc
                 continue
-            by_name[raw.decode("utf-8", "surrogateescape")] = path
-            args.append(raw)
+            by_name[raw.decode("utf-8", "replace")] = path
         if not by_name:
             return results
         try:
-            status, stdout, stderr = self._execute(args)
+            found, stderr = self._read_xml(list(by_name.values()), tags, fast)
         except TaggerError as exc:
-            for path in by_name.values():
+            if len(by_name) > 1:  # one odd file must not cost the batch: ask file by file
+                for path in by_name.values():
+                    results.update(self.read([path], tags, fast))
+            else:
+                path = next(iter(by_name.values()))
                 results[path] = TaggerError(path, exc.reason)
             return results
-        try:
-            # exiftool prints numbers unquoted; keep their text (a keyword `1.50` stays `1.50`).
-            entries = json.loads(stdout, parse_int=str, parse_float=str) if stdout.strip() else []
-        except ValueError:
-            entries = []
-        for entry in entries:
-            path = by_name.get(entry.get("SourceFile", ""))
-            if path is None:
-                continue
-            if "ExifTool:Error" in entry or "Error" in entry:
-                results[path] = TaggerError(path, str(entry.get("ExifTool:Error") or entry.get("Error")))
+        single = len(by_name) == 1
+        errors = [line for line in stderr.splitlines() if line.startswith("Error")]
+        for name, path in by_name.items():
+            entry = next(iter(found.values()), None) if single else found.get(name)
+            error = next((line for line in errors if single or line.endswith(" - " + name)), None)
+            if entry is not None and "ExifTool:Error" in entry:
+                results[path] = TaggerError(path, str(entry["ExifTool:Error"]))
+            elif error is not None or entry is None:
+                results[path] = TaggerError(path, _clean_message(error, path) if error
+                                            else "exiftool could not read this file")
             else:
                 results[path] = entry
-        for name, path in by_name.items():
-            if path not in results:
-                reason = next((_clean_message(line, path) for line in stderr.splitlines()
-                               if line.startswith("Error") and line.endswith(name)), None)
-                results[path] = TaggerError(path, reason or "exiftool could not read this file")
         return results
+
+    def _read_xml(self, paths: list[Path], tags: list[str], fast: bool) -> tuple[dict[str, dict], str]:
+        # RDF/XML output rather than -j: exiftool's JSON turns a keyword `True` into `true` and
+        # `1.50` into a number, while XML keeps every value exactly as stored.
+        args: list[str | bytes] = ["-X"] + (["-fast"] if fast else []) + [f"-{tag}" for tag in tags]
+        args += [_argument(path) for path in paths]
+        status, stdout, stderr = self._execute(args)
+        if not stdout.strip():
+            return {}, stderr
+        try:
+            packet = parse_xmp(stdout.encode("utf-8", "replace"), "exiftool output")
+        except XmpError as exc:
+            raise TaggerError(None, f"exiftool output not readable ({exc.reason})") from None
+        return {about: values for about, values in packet.descriptions()}, stderr
 
     def read_one(self, path: Path, tags: Iterable[str], fast: bool = False) -> dict:
         """Like read() for one file; its error is raised as a WriteError (callers are writers)."""

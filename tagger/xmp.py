@@ -130,6 +130,22 @@ class XmpPacket:
         values = self.get_list(ns, name)
         return values[0] if values else None
 
+    def descriptions(self) -> list[tuple[str, dict[str, list[str] | str]]]:
+        """Each rdf:Description as (rdf:about, {prefixed name: value}); an array property's value
+        is its list of items. exiftool's `-X` output names properties `Group:Tag` this way."""
+        found = []
+        for desc in self._descriptions():
+            values: dict[str, list[str] | str] = {}
+            for prop in _elements(desc):
+                containers = [c for c in _elements(prop) if c.namespaceURI == NS_RDF
+                              and c.localName in ("Bag", "Seq", "Alt")]
+                if containers:
+                    values[prop.tagName] = [_text(li) for li in _elements(containers[0]) if _is(li, NS_RDF, "li")]
+                elif not _elements(prop):
+                    values[prop.tagName] = _text(prop)
+            found.append((desc.getAttributeNS(NS_RDF, "about"), values))
+        return found
+
     def has_namespace(self, ns: str) -> bool:
         for desc in self._descriptions():
             if any(child.namespaceURI == ns for child in _elements(desc)):

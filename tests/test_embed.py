@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from PIL import Image
 
 from tagger.errors import WriteError
 from tagger.exiftool import ExifToolMissing
+from tagger.keywords import read_user_keywords
 from tagger.writers.embed import EmbedWriter
 from tests.metadata_util import (MODEL_A, MODEL_B, as_list, changed_tags, copy_sample, exiftool_json, exiv2_values,
                                  keywords_in, pixels, result_for)
@@ -208,3 +210,15 @@ def test_missing_exiftool_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("TAGGER_EXIFTOOL", str(tmp_path / "nowhere" / "exiftool"))
     with pytest.raises(ExifToolMissing, match="TAGGER_EXIFTOOL"):
         EmbedWriter()
+
+
+def test_keywords_that_look_like_numbers_or_options_survive_exactly(tmp_path, samples, embed):
+    photo = copy_sample(samples, "jpg/xmp/BlueSquare.jpg", tmp_path / "odd.jpg")
+    odd = ["TRUE", "false", "1.50", "007", "1e3", "null", "-x", "a=b", "${FileName}", "<b>", "#hash", "50%"]
+    embed.write(result_for(photo, ["dog"]))
+    subprocess.run(["exiftool", "-q", "-overwrite_original", *(f"-XMP-dc:Subject+={k}" for k in odd), str(photo)],
+                   check=True)  # the user's own, typed in another program
+    embed.write(result_for(photo, odd[:6] + ["cat"], MODEL_B))  # some of ours coincide with theirs
+    user = ["XMP", "Blue Square", "test file", "Photoshop", ".jpg"]
+    assert exiv2_values(photo, "Xmp.dc.subject") == user + odd + ["cat"]
+    assert read_user_keywords([photo]) == {photo: user + odd}

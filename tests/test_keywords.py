@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
 
@@ -67,6 +68,8 @@ def test_reader_returns_user_keywords_not_the_taggers(tmp_path, samples):
     darktable = copy_sample(samples, "jpg/Canon_40D.jpg", tmp_path / "dt.jpg")        # user keywords in a sidecar
     (tmp_path / "dt.jpg.xmp").write_text(DARKTABLE_SIDECAR)
     heic = copy_sample(samples, "heic/IMG_5195.HEIC", tmp_path / "phone.HEIC")
+    subprocess.run(["exiftool", "-q", "-overwrite_original", "-XMP-dc:Subject=beach",
+                    "-XMP-lr:HierarchicalSubject=places|beach", str(heic)], check=True)
 
     embed = EmbedWriter()
     try:
@@ -82,7 +85,7 @@ def test_reader_returns_user_keywords_not_the_taggers(tmp_path, samples):
         blue: ["XMP", "Blue Square", "test file", "Photoshop", ".jpg"],
         plain: [],
         darktable: ["places|beach", "darktable|format|jpg", "holiday"],
-        heic: [],
+        heic: ["places|beach", "beach"],
     }
 
 
