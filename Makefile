@@ -22,5 +22,8 @@ demo: setup
 test: setup system-deps
 	$(PY) -m pytest
 
+binary:
+	PYTHON=$(PYTHON) bash scripts/build_binary.sh --onefile
+
 clean:
 	rm -rf build dist demo .pytest_cache
