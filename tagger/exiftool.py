@@ -19,7 +19,6 @@ from tagger.xmp import NS_TAGGER, XmpError, parse_xmp
 INSTALL_HINT = ("install it (Debian/Ubuntu: sudo apt install libimage-exiftool-perl; Fedora: sudo dnf install "
                 "perl-Image-ExifTool; macOS: brew install exiftool; Windows: https://exiftool.org) or point "
                 "TAGGER_EXIFTOOL at it")
-MIN_VERSION = (12, 15)  # PyExifTool reads the exit status through ${status}, new in 12.15
 
 # The tagger's namespace as exiftool sees it: group XMP-tagger. Property names carry a `Tagger`
 # prefix so that an exiftool without this config, which names unknown properties after their

@@ -22,8 +22,9 @@ from tagger.writers.base import ModelRef, PhotoResult
 from tagger.xmp import XmpError, XmpPacket, new_xmp
 
 XMP_NAMES = ("extension", "basename")
-# Files sharing a photo's stem that do not make IMG.xmp ambiguous: sidecars and exiftool backups.
-_NOT_SIBLINGS = (".xmp", ".json")
+# Files sharing a photo's stem that do not make IMG.xmp ambiguous: sidecars, exiftool's backups
+# and the temporary file of an interrupted exiftool write.
+_NOT_SIBLINGS = (".xmp", ".json", "_original", "_exiftool_tmp")
 
 
 def _tqdm_write(message: str) -> None:
@@ -50,7 +51,7 @@ class _Siblings:
                 names = []
             for name in names:
                 lower = name.lower()
-                if lower.endswith(_NOT_SIBLINGS) or lower.endswith("_original"):
+                if lower.endswith(_NOT_SIBLINGS):
                     continue
                 self._stems.setdefault(Path(name).stem.casefold(), []).append(name)
         return sorted(n for n in self._stems.get(photo.stem.casefold(), []) if n != photo.name)
