@@ -222,3 +222,40 @@ def test_keywords_that_look_like_numbers_or_options_survive_exactly(tmp_path, sa
     user = ["XMP", "Blue Square", "test file", "Photoshop", ".jpg"]
     assert exiv2_values(photo, "Xmp.dc.subject") == user + odd + ["cat"]
     assert read_user_keywords([photo]) == {photo: user + odd}
+
+
+# Container structure that must change for XMP to fit in (all else stays as it was).
+STRUCTURAL = {"png": set(), "webp": {"File:FileType", "RIFF:WebP_Flags"},  # simple -> extended WebP
+              "tif": {"IFD0:StripOffsets"}, "gif": {"GIF:GIFVersion"}}  # 87a -> 89a for the XMP block
+
+
+@pytest.mark.parametrize("ext", sorted(STRUCTURAL))
+def test_other_formats_keep_their_pixels(tmp_path, embed, ext):
+    photo = tmp_path / f"made.{ext}"
+    Image.new("RGB", (32, 24), (200, 10, 10)).save(photo)
+    before, before_pixels = exiftool_json(photo)[0], pixels(photo)
+    embed.write(result_for(photo, ["dog", "Animals|Cat"]))
+    assert changed_tags(before, exiftool_json(photo)[0]) == STRUCTURAL[ext]
+    assert np.array_equal(pixels(photo), before_pixels)
+    assert keywords_in(photo)["XMP-dc:Subject"] == ["dog", "Animals", "Cat"]
+    assert embed.is_current(photo, photo.stat(), MODEL_A)
+
+
+def test_interrupted_write_leaves_a_whole_photo_that_the_next_run_redoes(tmp_path, samples, embed, monkeypatch):
+    photo = copy_sample(samples, "jpg/Canon_40D.jpg", tmp_path / "IMG_5.jpg")
+    mtime, before_pixels = photo.stat().st_mtime_ns, pixels(photo)
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(embed, "_fill_in_size", ctrl_c)  # after the keyword write, before the size record
+        with pytest.raises(KeyboardInterrupt):
+            embed.write(result_for(photo, ["dog"]))
+    assert np.array_equal(pixels(photo), before_pixels)
+    assert photo.stat().st_mtime_ns == mtime
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["IMG_5.jpg"]  # no temporary left behind
+    assert not embed.is_current(photo, photo.stat(), MODEL_A)
+    embed.write(result_for(photo, ["dog"]))
+    assert embed.is_current(photo, photo.stat(), MODEL_A)
+    assert keywords_in(photo)["XMP-dc:Subject"] == ["dog"]
