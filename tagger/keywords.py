@@ -170,9 +170,12 @@ def packet_record(packet: XmpPacket) -> TaggerRecord | None:
     )
 
 
-def set_packet_keywords(packet: XmpPacket, fields: KeywordFields) -> None:
-    packet.set_list(NS_DC, "subject", list(fields.subject))
-    packet.set_list(NS_LR, "hierarchicalSubject", list(fields.hierarchical))
+def set_packet_keywords(packet: XmpPacket, fields: KeywordFields, current: KeywordFields | None = None) -> None:
+    """Set dc:subject and lr:hierarchicalSubject; a field equal to `current` is left byte for byte."""
+    if current is None or fields.subject != current.subject:
+        packet.set_list(NS_DC, "subject", list(fields.subject))
+    if current is None or fields.hierarchical != current.hierarchical:
+        packet.set_list(NS_LR, "hierarchicalSubject", list(fields.hierarchical))
 
 
 def set_packet_record(packet: XmpPacket, record: TaggerRecord | None) -> None:

@@ -210,6 +210,8 @@ def test_case_insensitive_duplicates_are_not_added(photo):
     sidecar.write_text(DARKTABLE_SIDECAR.replace("<rdf:li>holiday</rdf:li>", "<rdf:li>Dog</rdf:li>"))
     XmpWriter().write(result_for(photo, ["dog"]))
     assert _subject(sidecar)[0] == ["Dog"]
+    block = "<lr:hierarchicalSubject>\n    <rdf:Bag>\n     <rdf:li>places|beach</rdf:li>"
+    assert block in sidecar.read_text()  # fields the tagger did not change keep their exact text
 
 
 def test_keyword_prefix_puts_the_taggers_keywords_under_a_parent(photo):

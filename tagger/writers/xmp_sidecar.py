@@ -109,10 +109,9 @@ class XmpWriter:
         tags = [tag for tag, _score in result.tags]
         for sidecar in self.sidecars(result.path, announce=True):
             packet = _load(sidecar)
-            previous = packet_record(packet)
-            new, added = merge_keywords(packet_fields(packet), previous.added if previous else _NOTHING, tags,
-                                        self.keyword_prefix)
-            set_packet_keywords(packet, new)
+            previous, current = packet_record(packet), packet_fields(packet)
+            new, added = merge_keywords(current, previous.added if previous else _NOTHING, tags, self.keyword_prefix)
+            set_packet_keywords(packet, new, current)
             set_packet_record(packet, TaggerRecord(
                 model=result.model.name, model_sha256=result.model.sha256, keyword_prefix=self.keyword_prefix or "",
                 photo_size=stat.st_size, photo_mtime_ns=stat.st_mtime_ns, added=added))
@@ -164,7 +163,7 @@ def untag_sidecars(photo: Path, dry_run: bool = False) -> list[tuple[Path, int]]
         if dry_run:
             continue
         _check_writable(sidecar)
-        set_packet_keywords(packet, user)
+        set_packet_keywords(packet, user, fields)
         set_packet_record(packet, None)
         if packet.is_empty():
             try:
