@@ -13,7 +13,7 @@ from tagger.errors import TaggerError
 TRAIN_EXTRAS = 'exporting needs the training extras: pip install "tagger[train]"'
 CALIBRATION_IMAGES = 64  # static int8 only
 # What `pip install "tagger[train]"` brings; a ModuleNotFoundError for one of these is a missing extra.
-TRAIN_MODULES = {"torch", "torchvision", "open_clip", "onnx", "onnxscript", "onnx_ir"}
+TRAIN_MODULES = {"torch", "torchvision", "open_clip", "onnx", "onnxscript", "onnx_ir", "train", "export"}
 
 
 @click.command()
