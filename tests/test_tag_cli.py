@@ -173,3 +173,34 @@ def test_unicode_and_odd_names(tmp_path, colour_model):
     assert result.exit_code == 0, result.output
     for photo in odd:
         assert sidecar(photo)["file"] == photo.name
+
+
+def test_write_json_xmp_embed_then_rerun_then_untag(tmp_path, samples, colour_model):
+    """All three writers through the CLI with a real exiftool: re-runs skip, untag restores."""
+    import subprocess
+
+    photo = tmp_path / "Canon_40D.jpg"
+    shutil.copy(samples / "jpg" / "Canon_40D.jpg", photo)
+    photo.chmod(0o644)  # the samples are read-only, and so is a plain copy
+    first = run(tmp_path, "--model", colour_model, "--write", "json,xmp,embed", "--threshold", "0")
+    assert first.exit_code == 0, first.output
+    assert "1 tagged" in first.output
+    embedded = subprocess.run(["exiftool", "-s3", "-sep", ";", "-XMP-dc:Subject", str(photo)],
+                              capture_output=True, text=True).stdout.strip().split(";")
+    assert {"red", "green", "blue", "Light", "bright"} <= set(embedded)
+    sidecar_xmp = (tmp_path / "Canon_40D.jpg.xmp").read_text(encoding="utf-8")
+    assert "Light|bright" in sidecar_xmp
+    assert sidecar(photo)["size"] == photo.stat().st_size  # recorded after the embed changed the file
+
+    again = run(tmp_path, "--model", colour_model, "--write", "json,xmp,embed", "--threshold", "0")
+    assert "0 tagged, 1 skipped" in again.output
+
+    untag = CliRunner().invoke(cli, ["untag", str(tmp_path)])
+    assert untag.exit_code == 0, untag.output
+    left = subprocess.run(["exiftool", "-s3", "-XMP-dc:Subject", str(photo)], capture_output=True, text=True)
+    assert "red" not in left.stdout
+
+
+def test_bad_keyword_prefix_is_a_usage_error(tmp_path, colour_model):
+    result = run(tmp_path, "--model", colour_model, "--write", "xmp", "--keyword-prefix", "a||b")
+    assert result.exit_code == 2 and "--keyword-prefix" in result.output

@@ -22,6 +22,15 @@ def _parse_writers(ctx, param, value: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _parse_prefix(ctx, param, value: str | None) -> str | None:
+    from tagger.keywords import check_prefix
+
+    try:
+        return check_prefix(value)
+    except TaggerError as exc:
+        raise click.BadParameter(exc.reason) from None
+
+
 def _check_roots(paths: tuple[str, ...]) -> None:
     """A root that is missing or unreadable is fatal (exit 1): nothing useful can happen."""
     import os
@@ -55,7 +64,7 @@ def _check_roots(paths: tuple[str, ...]) -> None:
 @click.option("--dry-run", is_flag=True, help="Write nothing; print each photo's result as a JSON line.")
 @click.option("--xmp-name", type=click.Choice(["extension", "basename"]), default="extension", show_default=True,
               help="New XMP sidecars as IMG.jpg.xmp (darktable, digiKam) or IMG.xmp (Lightroom).")
-@click.option("--keyword-prefix", default=None, metavar="TEXT",
+@click.option("--keyword-prefix", default=None, metavar="TEXT", callback=_parse_prefix,
               help="Put the tagger's keywords under this parent (e.g. 'auto'), for --write xmp/embed.")
 @click.option("--backup", is_flag=True, help="With --write embed, keep each original as FILE_original.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
