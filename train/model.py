@@ -59,6 +59,13 @@ def normalize_pixels(images_uint8_nhwc: torch.Tensor, mean, std) -> torch.Tensor
     return ((x - mean_t) / std_t).permute(0, 3, 1, 2)
 
 
+def standardize(pixels01_nchw: torch.Tensor, mean, std) -> torch.Tensor:
+    """float [B, 3, S, S] in [0, 1] (augmented pixels) -> normalized, as `normalize_pixels` does."""
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=pixels01_nchw.device).view(1, 3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=pixels01_nchw.device).view(1, 3, 1, 1)
+    return (pixels01_nchw - mean_t) / std_t
+
+
 def encode_image(visual: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(f_cls [B, D], f_patch [B, N, D], both L2-normalized; pooled [B, D] unnormalized, for L_kd)."""
     pooled, tokens = visual(pixels)

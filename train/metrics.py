@@ -1,0 +1,105 @@
+"""Validation metrics: per-tag AP, mAP overall and by frequency group, max-F1 thresholds."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+HEAD_MIN = 100  # training positives for a head tag (DESIGN.md §5)
+MEDIUM_MIN = 20  # medium: 20–99; tail: fewer than 20
+DEFAULT_THRESHOLD = 0.5  # for a tag with no validation positive to calibrate on
+
+
+def frequency_group(n_positives: int) -> str:
+    if n_positives >= HEAD_MIN:
+        return "head"
+    if n_positives >= MEDIUM_MIN:
+        return "medium"
+    return "tail"
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """Non-interpolated AP (mean precision at each positive's rank); NaN without positives.
+
+    Tied scores are ranked pessimistically (negatives first) so a constant model earns no credit.
+    """
+    targets = np.asarray(targets).astype(bool)
+    n_pos = int(targets.sum())
+    if n_pos == 0:
+        return float("nan")
+    scores = np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((targets, -scores))  # by score descending, negatives before positives on ties
+    hits = targets[order]
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    return float(precision_at[hits].sum() / n_pos)
+
+
+def per_tag_ap(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    return np.array([average_precision(scores[:, c], targets[:, c]) for c in range(targets.shape[1])])
+
+
+def _mean(values) -> float | None:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else None
+
+
+def map_summary(scores: np.ndarray, targets: np.ndarray, train_counts) -> dict:
+    """mAP (percent) over tags with a validation positive, overall and per head/medium/tail group."""
+    aps = per_tag_ap(scores, targets)
+    groups = [frequency_group(int(n)) for n in train_counts]
+    out = {"mAP": _pct(_mean(aps))}
+    for group in ("head", "medium", "tail"):
+        out[f"mAP_{group}"] = _pct(_mean([ap for ap, g in zip(aps, groups) if g == group]))
+    out["ap"] = [None if math.isnan(ap) else round(100 * ap, 3) for ap in aps]
+    return out
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 3)
+
+
+def calibrate_thresholds(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per tag, the threshold with the best F1 on validation (predict positive when score ≥ t).
+
+    Returns (thresholds, their F1). The threshold sits halfway to the next lower score, so scores
+    a little below the chosen one on new photos are not cut off by rounding.
+    """
+    n_tags = targets.shape[1]
+    thresholds = np.full(n_tags, DEFAULT_THRESHOLD)
+    f1s = np.full(n_tags, np.nan)
+    for c in range(n_tags):
+        y = targets[:, c].astype(bool)
+        n_pos = int(y.sum())
+        if n_pos == 0:
+            continue
+        s = scores[:, c].astype(np.float64)
+        order = np.argsort(-s, kind="stable")
+        s_sorted, y_sorted = s[order], y[order]
+        # Only the last of a run of tied scores is a possible cut (ties are all in or all out).
+        cut = np.r_[s_sorted[1:] != s_sorted[:-1], True]
+        tp = np.cumsum(y_sorted)[cut]
+        predicted = (np.arange(1, len(s) + 1))[cut]
+        f1 = 2 * tp / (predicted + n_pos)
+        best = int(np.argmax(f1))
+        idx = np.flatnonzero(cut)[best]
+        below = s_sorted[idx + 1] if idx + 1 < len(s_sorted) else max(s_sorted[idx] - 1e-3, 0.0)
+        thresholds[c] = float(np.clip((s_sorted[idx] + below) / 2, 0.0, 1.0))
+        f1s[c] = float(f1[best])
+    return thresholds, f1s
+
+
+def f1_summary(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> dict:
+    """Per-tag, macro and micro F1 (percent) when each tag is cut at its threshold."""
+    predicted = scores >= thresholds[None, :]
+    y = targets.astype(bool)
+    tp = (predicted & y).sum(axis=0)
+    fp = (predicted & ~y).sum(axis=0)
+    fn = (~predicted & y).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_tag = np.where(y.sum(axis=0) > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+    micro_den = 2 * tp.sum() + fp.sum() + fn.sum()
+    return {
+        "f1_macro": _pct(_mean(per_tag)),
+        "f1_micro": _pct(float(2 * tp.sum() / micro_den) if micro_den else None),
+        "f1": [None if math.isnan(v) else round(100 * float(v), 3) for v in per_tag],
+    }

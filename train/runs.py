@@ -1,0 +1,170 @@
+"""The run folder `tagger train --out RUN_DIR` leaves, and `load_run` for `tagger export`.
+
+    RUN_DIR/config.json     the training config, the backbone's architecture and preprocessing
+    RUN_DIR/dataset.json    labels, the train/validation split (photos and tags), what was skipped
+    RUN_DIR/best.pt         the checkpoint validation picked (weights without the teacher)
+    RUN_DIR/last.pt         the latest epoch, optimizer included: what --resume continues from
+    RUN_DIR/metrics.json    validation mAP total/head/medium/tail, per-tag AP/F1/threshold, history
+    RUN_DIR/cache/          decoded training pixels (uint8 memmap), reused by --resume and export
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tagger.atomic import write_atomic
+from tagger.errors import ImageError, ModelError
+from tagger.images import Preprocess, load_image
+from train.backbone import LoadedClip, build_clip, tokenizer_for
+from train.cache import open_cache
+from train.model import ExportParts, HPDVAL, HPDVALConfig
+
+CONFIG = "config.json"
+DATASET = "dataset.json"
+METRICS = "metrics.json"
+BEST = "best.pt"
+LAST = "last.pt"
+CACHE_DIR = "cache"
+RUN_FORMAT = 1
+
+
+class RunError(ModelError):
+    """A run folder that is missing, incomplete or not a tagger run."""
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(path, "missing from the run folder") from None
+    except (OSError, ValueError) as exc:
+        raise RunError(path, f"cannot read: {exc}") from None
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """torch.save through a temporary file: a Ctrl-C mid-save leaves the previous checkpoint intact."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise RunError(path, "checkpoint missing from the run folder") from None
+    except Exception as exc:  # unpickling a damaged file raises many types
+        raise RunError(path, f"cannot read checkpoint: {type(exc).__name__}: {exc}") from None
+
+
+def is_run(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / CONFIG).is_file()
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    model: HPDVAL  # eval mode, CPU, no teacher
+    parts: ExportParts
+    labels: list[str]
+    thresholds: list[float]  # calibrated max-F1 per tag on validation
+    preprocess: Preprocess
+    summary: dict  # the model file's `tagger.model` metadata
+    config: dict
+    dataset: dict
+
+    def validation_images(self) -> np.ndarray:
+        """uint8 [N, S, S, 3]: the validation photos' pixels (from the cache, else decoded again)."""
+        return self._images([Path(p["path"]) for p in self.dataset["val"]])
+
+    def calibration_images(self, n: int) -> np.ndarray:
+        """uint8 [≤n, S, S, 3]: up to n training photos, spread evenly over the training set."""
+        train = [Path(p["path"]) for p in self.dataset["train"]]
+        if n <= 0 or not train:
+            return np.zeros((0, self.preprocess.size, self.preprocess.size, 3), np.uint8)
+        pick = np.unique(np.linspace(0, len(train) - 1, num=min(n, len(train))).round().astype(int))
+        return self._images([train[i] for i in pick])
+
+    def _images(self, paths: list[Path]) -> np.ndarray:
+        size = self.preprocess.size
+        cache = open_cache(self.run_dir / CACHE_DIR, self.preprocess)
+        if cache is not None:
+            row_of = {str(p): i for i, p in enumerate(cache.paths)}
+            if all(str(p) in row_of for p in paths):
+                return cache.get([row_of[str(p)] for p in paths]) if paths else np.zeros((0, size, size, 3), np.uint8)
+        out = np.zeros((len(paths), size, size, 3), np.uint8)
+        for i, path in enumerate(paths):
+            try:
+                out[i] = load_image(path, self.preprocess)
+            except ImageError as exc:
+                raise RunError(self.run_dir, f"the run's cache is gone and a photo cannot be decoded again: {exc}") from None
+        return out
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """The best checkpoint of a finished run, ready for export; a clear RunError for anything else."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(run_dir, "run folder not found")
+    if not is_run(run_dir):
+        raise RunError(run_dir, f"not a training run (no {CONFIG}); make one with `tagger train --out {run_dir}`")
+    config = read_json(run_dir / CONFIG)
+    if config.get("format") != RUN_FORMAT:
+        raise RunError(run_dir / CONFIG, f"run format {config.get('format')!r} is not supported (expected {RUN_FORMAT})")
+    if not (run_dir / METRICS).is_file() or not (run_dir / BEST).is_file():
+        raise RunError(run_dir, "training has not finished (no best.pt/metrics.json); "
+                                "continue it with `tagger train --resume --out RUN_DIR`")
+    dataset = read_json(run_dir / DATASET)
+    metrics = read_json(run_dir / METRICS)
+    model = rebuild_model(config, dataset["labels"])
+    state = load_checkpoint(run_dir / BEST)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except (KeyError, RuntimeError) as exc:
+        raise RunError(run_dir / BEST, f"checkpoint does not match the run's config: {str(exc).splitlines()[0]}") from None
+    model.eval().requires_grad_(False)
+    preprocess = Preprocess.from_dict(config["model"]["preprocess"])
+    return LoadedRun(run_dir=run_dir, model=model, parts=model.export_parts(), labels=list(dataset["labels"]),
+                     thresholds=[float(t) for t in metrics["thresholds"]], preprocess=preprocess,
+                     summary=model_summary(config, dataset, metrics), config=config, dataset=dataset)
+
+
+def rebuild_model(config: dict, labels: list[str]) -> HPDVAL:
+    """The run's architecture with random weights (no download); the caller loads a checkpoint into it."""
+    spec = config["model"]
+    clip_model = build_clip(spec["clip_config"], name=config["train"]["backbone"])
+    clip = LoadedClip(model=clip_model, tokenizer=tokenizer_for(spec["clip_config"]),
+                      preprocess=Preprocess.from_dict(spec["preprocess"]), mean=tuple(spec["mean"]),
+                      std=tuple(spec["std"]), name=config["train"]["backbone"], config=spec["clip_config"])
+    hp = HPDVALConfig(alpha=spec["alpha"], topk=spec["topk"], ctx_init=spec["ctx_init"])
+    return HPDVAL(clip, labels, class_bias=None, config=hp, teacher=False)
+
+
+def model_summary(config: dict, dataset: dict, metrics: dict) -> dict:
+    """`tagger.model` metadata: what the model is and how well it did on validation."""
+    train_cfg = config["train"]
+    val = metrics["val"]
+    return {
+        "name": config["name"],
+        "backbone": train_cfg["backbone"],
+        "pretrained": train_cfg["pretrained"],
+        "created": (metrics.get("finished") or _dt.date.today().isoformat())[:10],
+        "method": "HP-DVAL",
+        "train_images": len(dataset["train"]),
+        "val_images": len(dataset["val"]),
+        "positives": {t["tag"]: t["train_positives"] for t in metrics["tags"]},
+        "val_mAP": {"total": val["mAP"], "head": val["mAP_head"], "medium": val["mAP_medium"],
+                    "tail": val["mAP_tail"]},
+        "loss": train_cfg["loss"],
+        "stages": list(train_cfg["stages"]),
+    }
