@@ -24,7 +24,7 @@ from tagger.images import Preprocess
 HF_HOST = "huggingface.co"
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 # Preferred weights per model when the user names none: LAION-2B first (DESIGN.md §5 default).
-DEFAULT_TAG_PREFIXES = ("laion2b", "datacomp_xl", "openai")
+DEFAULT_TAG_PREFIXES = ("laion2b_s", "laion2b", "datacomp_xl", "openai")
 
 
 class BackboneError(ModelError):

@@ -203,10 +203,21 @@ def read_photo_keywords(photos: list[Path], warnings: list[str]) -> dict[Path, l
         return {}  # this version of tagger has no keyword reader: CSV and sidecars only
     reader: Callable = getattr(module, "read_user_keywords")
     try:
-        return reader(photos)
+        found = reader(photos, on_error=lambda exc: warnings.append(f"keywords not read: {exc}"))
     except TaggerError as exc:  # e.g. exiftool missing: the other sources still work
         warnings.append(f"keywords in photos not read: {exc}")
         return {}
+    return {photo: _without_levels(keywords) for photo, keywords in found.items()}
+
+
+def _without_levels(keywords: list[str]) -> list[str]:
+    """Drop flat keywords that are only a level of the photo's own hierarchical keywords.
+
+    Lightroom writes `Animals|Dog` to lr:HierarchicalSubject and `Animals`, `Dog` to dc:subject; the
+    hierarchical one already says both, and the levels would only count as ignored tags.
+    """
+    levels = {level.strip().casefold() for k in keywords if HIERARCHY_SEP in k for level in k.split(HIERARCHY_SEP)}
+    return [k for k in keywords if HIERARCHY_SEP in k or k.strip().casefold() not in levels]
 
 
 def histogram_lines(labels: list[str], train_counts, val_counts) -> list[str]:
