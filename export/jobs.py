@@ -39,7 +39,6 @@ class ExportJob:
         out.append(f"Tag photos with it: tagger tag PHOTOS --model {self.model_arg()}")
         return out
 
-
     def model_arg(self) -> str:
         """What to pass to `--model`: the store name when the file is in the store, else its path."""
         try:
