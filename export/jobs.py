@@ -11,7 +11,7 @@ from tagger.errors import TaggerError
 from tagger.images import Preprocess
 from tagger.labels import read_labels
 from tagger.modelfile import build_metadata
-from tagger.store import model_path_for_name
+from tagger.store import model_path_for_name, variant_name
 
 
 @dataclass
@@ -48,8 +48,12 @@ class ExportJob:
         return self.path.stem if in_store else str(self.path)
 
 
-def _destination(name: str, out: Path | None) -> Path:
-    return out if out is not None else model_path_for_name(name)
+def _destination(name: str, out: Path | None, variant: str) -> Path:
+    """`--out` as given; in the store, NAME.onnx for fp32 and NAME.int8.onnx / NAME.fp16.onnx beside it,
+    so `tagger tag --model NAME` can pick the validated variant that suits the device."""
+    if out is not None:
+        return out
+    return model_path_for_name(variant_name(name, variant))
 
 
 def _write(data: bytes, path: Path) -> bool:
@@ -64,7 +68,7 @@ def export_run(run_dir: Path, name: str | None, out: Path | None, settings: Expo
 
     run = load_run(run_dir)
     name = name or (out.stem if out is not None else None) or run.summary.get("name") or Path(run_dir).resolve().name
-    path = _destination(name, out)
+    path = _destination(name, out, settings.variant)
     validation = run.validation_images()
     calibration = run.calibration_images(calibration_count) \
         if settings.variant == "int8" and settings.int8_method == "static" else None
@@ -90,7 +94,7 @@ def export_zero_shot(labels_file: Path, backbone: str, pretrained: str | None, a
 
     labels = read_labels(labels_file)
     name = name or (out.stem if out is not None else labels_file.stem)
-    path = _destination(name, out)
+    path = _destination(name, out, settings.variant)
     pretrained = pretrained or default_pretrained(backbone)
     if not pretrained:
         raise BackboneError(backbone, "zero-shot tagging needs trained CLIP weights: pass --pretrained TAG|PATH")

@@ -14,6 +14,9 @@ from tagger.errors import ModelError
 from tagger.images import Preprocess
 
 FORMAT_VERSION = "1"
+# A quantized variant that makes the same tag decisions as fp32 on at least this fraction of
+# (image, tag) pairs of its validation set counts as validated (export refuses to write below it).
+MIN_AGREEMENT = 0.99
 INPUT_NAME = "image"
 OUTPUT_NAME = "scores"
 
@@ -173,6 +176,52 @@ class TaggerModel:
         """uint8 [B, S, S, 3] -> float32 scores [B, C] in [0, 1]."""
         (scores,) = self.session.run([OUTPUT_NAME], {INPUT_NAME: batch})
         return np.asarray(scores, dtype=np.float32)
+
+
+def precision_of(info: ModelInfo) -> str:
+    return str(info.model.get("export", {}).get("precision", "fp32"))
+
+
+def is_validated_variant(info: ModelInfo) -> bool:
+    agreement = info.model.get("export", {}).get("agreement_with_fp32")
+    return isinstance(agreement, (int, float)) and agreement >= MIN_AGREEMENT
+
+
+def open_model(spec: str | None, device: str = "auto", precision: str = "auto",
+               spinning: bool = True) -> tuple[TaggerModel, str]:
+    """The model to tag with, and a note on which variant was chosen and why.
+
+    `--model NAME` may have stored variants (NAME.int8.onnx beside NAME.onnx). With precision
+    "auto", a CPU run takes the int8 variant when its export validated it against fp32 (about
+    twice as fast, same decisions on >= 99% of validation tags); a GPU run keeps fp32.
+    """
+    from tagger.store import resolve_model, stored_variant
+
+    path = resolve_model(spec)
+    if precision in ("int8", "fp16"):
+        variant = stored_variant(path, precision)
+        if variant is None and path.stem.endswith("." + precision):
+            variant = path
+        if variant is None:
+            raise ModelError(path, f"no {precision} variant of this model in the store: make one with "
+                                   f"`tagger export RUN --quantize {precision}`")
+        return TaggerModel(variant, device=device, spinning=spinning), f"{precision} variant as asked"
+    if precision == "auto":
+        variant = stored_variant(path, "int8")
+        on_cpu = device == "cpu" or (device == "auto" and not _gpu_available())
+        if variant is not None and variant != path and on_cpu:
+            model = TaggerModel(variant, device=device, spinning=spinning)
+            if is_validated_variant(model.info):
+                agreement = model.info.model["export"]["agreement_with_fp32"]
+                return model, f"int8 variant (agrees with fp32 on {agreement:.1%} of validation tags)"
+    model = TaggerModel(path, device=device, spinning=spinning)
+    return model, precision_of(model.info)
+
+
+def _gpu_available() -> bool:
+    import onnxruntime as ort
+
+    return any(p in ort.get_available_providers() for p in AUTO_PREFERENCE)
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:

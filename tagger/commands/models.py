@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from tagger.errors import ModelError
-from tagger.modelfile import read_model_info
+from tagger.modelfile import precision_of, read_model_info
 from tagger.store import installed_models, models_dir
 
 
@@ -27,8 +27,9 @@ def models(as_json: bool) -> None:
         summary = info.model
         if as_json:
             click.echo(json.dumps({"name": path.stem, "path": str(path), "labels": len(info.labels),
+                                   "precision": precision_of(info),
                                    "backbone": summary.get("backbone"), "created": summary.get("created"),
                                    "model": summary}, ensure_ascii=False))
         else:
             click.echo(f"{path.stem}\t{len(info.labels)} tags\t{summary.get('backbone', '?')}\t"
-                       f"{summary.get('created', '?')}")
+                       f"{summary.get('created', '?')}\t{precision_of(info)}")

@@ -6,8 +6,7 @@ import sys
 import click
 
 from tagger.errors import ModelError, TaggerError
-from tagger.modelfile import TaggerModel, cpu_count
-from tagger.store import resolve_model
+from tagger.modelfile import cpu_count, open_model
 from tagger.tagging import Decision, TagRun
 from tagger.writers import WRITER_NAMES, create_writer
 
@@ -56,6 +55,9 @@ def _check_roots(paths: tuple[str, ...]) -> None:
               help="Photos per model call; 0 picks by device (16 on CPU, 64 on GPU).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "coreml", "directml"]), default="auto",
               show_default=True, envvar="TAGGER_DEVICE", help="Where the model runs.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "int8", "fp16"]), default="auto",
+              show_default=True, help="Which stored variant of --model NAME to run; auto takes a validated "
+                                      "int8 variant on CPU, fp32 otherwise.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decoding threads [default: one per core].")
 @click.option("--exclude", multiple=True, metavar="GLOB",
@@ -68,7 +70,7 @@ def _check_roots(paths: tuple[str, ...]) -> None:
               help="Put the tagger's keywords under this parent (e.g. 'auto'), for --write xmp/embed.")
 @click.option("--backup", is_flag=True, help="With --write embed, keep each original as FILE_original.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def tag(paths, model_spec, write, threshold, top_k, batch_size, device, workers, exclude, force, dry_run,
+def tag(paths, model_spec, write, threshold, top_k, batch_size, device, precision, workers, exclude, force, dry_run,
         xmp_name, keyword_prefix, backup, quiet) -> None:
     """Tag every photo under PATH... and write the tags beside them.
 
@@ -79,9 +81,10 @@ def tag(paths, model_spec, write, threshold, top_k, batch_size, device, workers,
     _check_roots(paths)
     workers = workers or cpu_count()
     try:
-        model = TaggerModel(resolve_model(model_spec), device=device, spinning=False)
+        model, chosen = open_model(model_spec, device=device, precision=precision, spinning=False)
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
+    click.echo(f"model {model.info.name} ({chosen}) on {model.providers[0]}", err=True)
     on_gpu = model.providers[0] != "CPUExecutionProvider"
     batch_size = batch_size or (64 if on_gpu else 16)
 
