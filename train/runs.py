@@ -39,7 +39,11 @@ class RunError(ModelError):
 
 
 def write_json(path: Path, data: dict) -> None:
-    write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    try:
+        text = json.dumps(data, indent=2, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # a file name with undecodable bytes (surrogates): escape it instead
+        text = json.dumps(data, indent=2).encode("ascii")
+    write_atomic(path, text + b"\n")
 
 
 def read_json(path: Path) -> dict:

@@ -223,11 +223,20 @@ def prepare_data(cfg: TrainConfig, clip: LoadedClip, run_dir: Path, log: Log, pr
 
 # -- evaluation ------------------------------------------------------------------------------------
 
+FEATURE_FP16_BYTES = 1 << 30
+
+
 @torch.no_grad()
 def extract_features(model: HPDVAL, cache: ImageCache, indices: np.ndarray, batch_size: int,
                      device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's (f_cls [N, D], f_patch [N, P, D]) on CPU for un-augmented cached photos."""
+    """The student's (f_cls [N, D], f_patch [N, P, D]) on CPU for un-augmented cached photos.
+
+    Patch features of many photos are large (10,000 photos of ViT-B/16: 4 GB in float32), so past
+    FEATURE_FP16_BYTES they are kept in float16 and cast back per batch.
+    """
     model.eval()
+    n_patches = model.student.grid_size[0] * model.student.grid_size[1]
+    half = len(indices) * n_patches * model.text_hand.shape[1] * 4 > FEATURE_FP16_BYTES
     cls_parts, patch_parts = [], []
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
@@ -235,7 +244,7 @@ def extract_features(model: HPDVAL, cache: ImageCache, indices: np.ndarray, batc
         with _autocast(device):
             f_cls, f_patch, _ = model.encode(pixels)
         cls_parts.append(f_cls.float().cpu())
-        patch_parts.append(f_patch.float().cpu())
+        patch_parts.append(f_patch.to(torch.float16 if half else torch.float32).cpu())
     d = model.text_hand.shape[1]
     if not cls_parts:
         return torch.zeros(0, d), torch.zeros(0, 1, d)
@@ -321,6 +330,7 @@ class Trainer:
         self.best: dict = {"mAP": -math.inf, "stage": None, "epoch": None}
         self.before: dict | None = None
         self.state: dict = {"stage": 0, "epoch": 0}  # last completed (stage, epoch)
+        self.timings: dict = {}
         self.train_targets = torch.from_numpy(data.targets[data.train_idx].astype(np.float32))
 
     # checkpoints
@@ -394,27 +404,12 @@ class Trainer:
             bar = tqdm(batches, desc=f"stage 1 epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                        disable=None if self.progress else True)
             for batch in bar:
-                images = torch.from_numpy(self.data.cache.get(self.data.train_idx[batch])).to(device)
-                targets = self.train_targets[batch].to(device)
-                if cfg.augment:
-                    pixels = standardize(augment(images, gen), model.mean, model.std)
-                else:
-                    pixels = normalize_pixels(images, model.mean, model.std)
-                with _autocast(device):
-                    f_cls, f_patch, pooled = model.encode(pixels)
-                    logits = model.logits(f_cls, f_patch, model.text_hand, model.text_hand)
-                    loss = self.loss_fn(logits.float(), targets)
-                    if use_kd:
-                        with torch.no_grad():
-                            _, _, teacher_pooled = model.encode(pixels, tower="teacher")
-                        loss = loss + cfg.kd_weight * (pooled.float() - teacher_pooled.float()).abs().mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                images = torch.from_numpy(self.data.cache.get(self.data.train_idx[batch]))
+                loss = self.stage1_step(images, self.train_targets[batch], gen, optimizer, use_kd)
                 scheduler.step()
                 if ema is not None:
                     ema.update(model.student)
-                total += float(loss.detach()) * len(batch)
+                total += loss * len(batch)
                 count += len(batch)
                 bar.set_postfix(loss=f"{total / count:.4f}")
             seconds = time.perf_counter() - started
@@ -425,6 +420,28 @@ class Trainer:
             self._log_epoch(1, epoch, cfg.epochs, total / max(count, 1), summary, improved, seconds, count)
         if ema is not None:  # stage 2 starts from the averaged student
             model.student.load_state_dict(ema.shadow, strict=False)
+
+    def stage1_step(self, images: torch.Tensor, targets: torch.Tensor, gen: torch.Generator,
+                    optimizer: torch.optim.Optimizer, use_kd: bool) -> float:
+        """One stage 1 update on a uint8 [B, S, S, 3] batch; returns the loss."""
+        cfg, model, device = self.cfg, self.model, self.device
+        images, targets = images.to(device), targets.to(device)
+        if cfg.augment:
+            pixels = standardize(augment(images, gen), model.mean, model.std)
+        else:
+            pixels = normalize_pixels(images, model.mean, model.std)
+        with _autocast(device):
+            f_cls, f_patch, pooled = model.encode(pixels)
+            logits = model.logits(f_cls, f_patch, model.text_hand, model.text_hand)
+            loss = self.loss_fn(logits.float(), targets)
+            if use_kd:
+                with torch.no_grad():
+                    _, _, teacher_pooled = model.encode(pixels, tower="teacher")
+                loss = loss + cfg.kd_weight * (pooled.float() - teacher_pooled.float()).abs().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
 
     def _last_blocks_only(self, n: int) -> list[torch.nn.Parameter]:
         student = self.model.student
@@ -446,8 +463,9 @@ class Trainer:
         started = time.perf_counter()
         train_features = extract_features(model, self.data.cache, self.data.train_idx, batch, device)
         val_features = extract_features(model, self.data.cache, self.data.val_idx, batch, device)
-        self.log(f"stage 2: features of {len(self.data.train_idx) + len(self.data.val_idx)} photos in "
-                 f"{time.perf_counter() - started:.1f}s")
+        n_photos, seconds = len(self.data.train_idx) + len(self.data.val_idx), time.perf_counter() - started
+        self.timings["stage2_features_images_per_s"] = round(n_photos / max(seconds, 1e-9), 2)
+        self.log(f"stage 2: features of {n_photos} photos in {seconds:.1f}s")
         params = model.set_stage(2)
         optimizer = _optimizer(params, cfg.stage2_lr, 0.0)
         steps_per_epoch = len(_batches(len(self.data.train_idx), cfg.batch_size, np.random.default_rng(0)))
@@ -627,6 +645,7 @@ def finish(cfg: TrainConfig, model: HPDVAL, data: Prepared, trainer: Trainer, de
         "skipped_images": len(data.dataset.get("skipped", [])),
         "ignored_tags": data.dataset.get("ignored", {}),
         "history": trainer.history,
+        "timings": trainer.timings,
         "elapsed_s": round(elapsed, 2),
         "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
