@@ -1,0 +1,1 @@
+"""Quality benchmark: HP-DVAL against its baselines on a generated long-tailed tagging task (issue 8)."""

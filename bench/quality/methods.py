@@ -1,0 +1,323 @@
+"""The methods the quality benchmark compares, each producing a run folder or test scores.
+
+Most methods are `tagger train` itself with different options (run through its CLI, in process):
+
+    CoOp            --stages 2 --alpha 1 --no-sc: one learned context (the global one; with α = 1 the
+                    local context gets no gradient) on the frozen pretrained tower: CoOp's prompt tuning
+    HPT only        --stages 2: both contexts, dual view, L_sc, on the frozen pretrained tower
+    DVAL            --stages 1: stage 1 only, hand-crafted prompts
+    DVAL+HPT        --stages 1,2 --no-sc
+    HP-DVAL         --stages 1,2 (L_kd, L_sc, DB*): the full method
+    BCE / ASL / DB  the full method with --loss bce|asl|db
+
+The others have no `tagger train` option and are built here from train/'s own model, losses and metrics:
+
+    zero-shot       no training: cosine of the CLS embedding to "a photo of a {tag}.", softmax over the
+                    tags at CLIP's learned temperature (the protocol LMPT and HP-DVAL report for CLIP)
+    zero-shot (cos) the raw cosines, per tag: what a per-tag sigmoid on CLIP would rank by
+    linear probe    logistic regression (BCE) on the frozen pretrained CLS embedding, weight decay
+                    picked on validation
+    joint           stage 1 and stage 2 at once: student, γ and both contexts trained together with
+                    L_cls(learned prompts) + L_kd + L_sc, same epochs and learning rates as the stages
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from click.testing import CliRunner
+
+from bench.quality.pretrain_vlm import clip_softmax, zero_shot_scores
+from tagger.cli import cli
+from tagger.images import load_image
+from tagger.labels import read_labels
+from train import runs
+from train.augment import augment
+from train.backbone import load_clip
+from train.data import collect_labels
+from train.losses import make_loss
+from train.metrics import map_summary
+from train.model import HPDVAL, HPDVALConfig, normalize_pixels, score_images, standardize
+from train.split import stratified_split
+from train.trainer import (TrainConfig, Trainer, _autocast, _batches, _epoch_rng, _optimizer, evaluate, finish,
+                           pick_device, prepare_data, resolve_defaults)
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # id used in folders and results
+    label: str  # row name in the report
+    kind: str  # "tagger" (tagger train options), "linear_probe" or "joint"
+    args: tuple[str, ...] = ()  # tagger train options
+    seeded: bool = True  # False: the result does not depend on the seed (run once)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("zero_shot", "zero-shot CLIP (softmax over tags)", "zero_shot", ("softmax",), seeded=False),
+    Method("zero_shot_cos", "zero-shot CLIP (raw cosine)", "zero_shot", ("cosine",), seeded=False),
+    Method("linear_probe", "linear probe", "linear_probe"),
+    Method("coop", "CoOp (prompt tuning only)", "tagger", ("--stages", "2", "--alpha", "1", "--no-sc")),
+    Method("hpt", "HPT only (stage 2, no DVAL)", "tagger", ("--stages", "2",)),
+    Method("dval", "DVAL (stage 1)", "tagger", ("--stages", "1",)),
+    Method("dval_hpt", "DVAL + HPT (stages 1+2, no SC)", "tagger", ("--stages", "1,2", "--no-sc")),
+    Method("full", "HP-DVAL (DVAL + HPT + SC, DB*)", "tagger", ("--stages", "1,2")),
+    Method("joint", "joint training (not sequential)", "joint"),
+    Method("loss_bce", "HP-DVAL with BCE", "tagger", ("--stages", "1,2", "--loss", "bce")),
+    Method("loss_asl", "HP-DVAL with ASL", "tagger", ("--stages", "1,2", "--loss", "asl")),
+    Method("loss_db", "HP-DVAL with DB", "tagger", ("--stages", "1,2", "--loss", "db")),
+)}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Training lengths and rates shared by every method of one setting (chosen on validation only)."""
+
+    epochs: int = 10  # stage 1 (and joint)
+    stage2_epochs: int = 10
+    lr: float = 1e-4  # stage 1 student
+    stage2_lr: float = 2e-3  # contexts
+    batch_size: int = 32
+    val_fraction: float = 0.2
+
+
+@dataclass
+class Setting:
+    """One training set: where its photos are and how long to train on them."""
+
+    name: str  # "long-tailed", "1-shot", ...
+    data: Path
+    annotations: Path
+    labels: Path
+    schedule: Schedule
+
+
+@dataclass
+class Outcome:
+    run_dir: Path
+    test_scores: np.ndarray  # [N_test, C] in [0, 1]
+    val: dict  # validation mAP summary (what selection saw)
+    seconds: float
+
+
+def tagger_args(method: Method, setting: Setting, backbone: str, pretrained: str, seed: int, out: Path) -> list[str]:
+    s = setting.schedule
+    return ["train", "--labels", str(setting.labels), "--data", str(setting.data),
+            "--annotations", str(setting.annotations), "--no-keywords", "--backbone", backbone,
+            "--pretrained", pretrained, "--out", str(out), "--device", "cpu", "--seed", str(seed),
+            "--epochs", str(s.epochs), "--stage2-epochs", str(s.stage2_epochs), "--lr", str(s.lr),
+            "--stage2-lr", str(s.stage2_lr), "--batch-size", str(s.batch_size),
+            "--val-fraction", str(s.val_fraction), "--workers", "2", "--quiet", *method.args]
+
+
+def run_tagger_train(args: list[str], log_file: Path) -> None:
+    """`tagger train ARGS` in this process; its output goes to log_file, a failure raises with its tail."""
+    result = CliRunner().invoke(cli, args, catch_exceptions=True)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log_file.write_text(result.output, encoding="utf-8")
+    if result.exit_code != 0:
+        detail = result.output.strip().splitlines()[-3:]
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            detail.append(f"{type(result.exception).__name__}: {result.exception}")
+        raise RuntimeError(f"tagger {' '.join(args[:1])} failed ({log_file}): " + " | ".join(detail))
+
+
+def scores_of_run(run_dir: Path, test_pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The exported inference graph (train.model.score_images) of the run's best checkpoint on test photos."""
+    parts = runs.load_run(run_dir).parts
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(test_pixels), batch_size):
+            out.append(score_images(parts, torch.from_numpy(np.ascontiguousarray(test_pixels[start:start + batch_size]))))
+    return torch.cat(out).numpy()
+
+
+def run_method(method: Method, setting: Setting, backbone: str, pretrained: str, seed: int, out: Path,
+               test_pixels: np.ndarray) -> Outcome:
+    started = time.perf_counter()
+    if method.kind == "tagger":
+        run_tagger_train(tagger_args(method, setting, backbone, pretrained, seed, out), out / "train.log")
+        val = runs.read_json(out / runs.METRICS)["val"]
+        scores = scores_of_run(out, test_pixels)
+    elif method.kind == "joint":
+        cfg = joint_config(setting, backbone, pretrained, seed, out)
+        metrics = train_joint(cfg, log=_file_log(out / "train.log"))
+        val, scores = metrics["val"], scores_of_run(out, test_pixels)
+    elif method.kind == "zero_shot":
+        clip = load_clip(backbone, pretrained)
+        cosines = zero_shot_scores(clip, test_pixels, read_labels(setting.labels))
+        scores = clip_softmax(cosines, clip) if method.args == ("softmax",) else cosines
+        val = {}
+    elif method.kind == "linear_probe":
+        val, scores = linear_probe(setting, backbone, pretrained, seed, test_pixels, out)
+    else:
+        raise ValueError(f"unknown method kind {method.kind!r}")
+    return Outcome(out, scores, val, time.perf_counter() - started)
+
+
+def _file_log(path: Path) -> Log:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("", encoding="utf-8")
+
+    def log(line: str) -> None:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+    return log
+
+
+# -- linear probe -----------------------------------------------------------------------------------
+
+LINEAR_PROBE_DECAYS = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
+LINEAR_PROBE_STEPS = 300
+LINEAR_PROBE_LR = 1e-2
+
+
+@torch.no_grad()
+def _cls_features(clip, pixels: np.ndarray, batch_size: int = 256) -> torch.Tensor:
+    model = clip.model.eval()
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        chunk = torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size]))
+        out.append(model.encode_image(normalize_pixels(chunk, clip.mean, clip.std), normalize=True))
+    return torch.cat(out)
+
+
+def linear_probe(setting: Setting, backbone: str, pretrained: str, seed: int, test_pixels: np.ndarray,
+                 out: Path) -> tuple[dict, np.ndarray]:
+    """Per-tag logistic regression on frozen CLS embeddings, on tagger's own training/validation split."""
+    out.mkdir(parents=True, exist_ok=True)
+    clip = load_clip(backbone, pretrained)
+    labels = read_labels(setting.labels)
+    photos = collect_labels(setting.data, labels, setting.annotations, keywords=False)
+    train_idx, val_idx = stratified_split(photos.targets, setting.schedule.val_fraction, seed)
+    pixels = np.stack([load_image(p, clip.preprocess) for p in photos.paths])
+    features = _cls_features(clip, pixels)
+    test_features = _cls_features(clip, test_pixels)
+    targets = torch.from_numpy(photos.targets.astype(np.float32))
+    train_counts = photos.targets[train_idx].sum(axis=0)
+    loss_fn = make_loss("bce", train_counts, len(train_idx))
+    best = None
+    for decay in LINEAR_PROBE_DECAYS:
+        torch.manual_seed(seed)
+        head = torch.nn.Linear(features.shape[1], len(labels))
+        optimizer = torch.optim.AdamW(head.parameters(), lr=LINEAR_PROBE_LR, weight_decay=decay)
+        for _ in range(LINEAR_PROBE_STEPS):
+            loss = loss_fn(head(features[train_idx]), targets[train_idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            val_scores = torch.sigmoid(head(features[val_idx])).numpy()
+            summary = map_summary(val_scores, photos.targets[val_idx], train_counts)
+        if best is None or (summary["mAP"] or -1) > (best[0]["mAP"] or -1):
+            with torch.no_grad():
+                best = (summary, torch.sigmoid(head(test_features)).numpy(), decay)
+    summary, scores, decay = best
+    val = {k: summary[k] for k in ("mAP", "mAP_head", "mAP_medium", "mAP_tail")} | {"weight_decay": decay}
+    runs.write_json(out / "linear_probe.json", {"val": val, "train_images": len(train_idx),
+                                                "val_images": len(val_idx), "decays": list(LINEAR_PROBE_DECAYS)})
+    return val, scores
+
+
+# -- joint training ---------------------------------------------------------------------------------
+
+def joint_config(setting: Setting, backbone: str, pretrained: str, seed: int, out: Path) -> TrainConfig:
+    s = setting.schedule
+    return TrainConfig(labels=str(setting.labels), data=str(setting.data), out=str(out),
+                       annotations=str(setting.annotations), keywords=False, backbone=backbone,
+                       pretrained=pretrained, device="cpu", stages=(1, 2), epochs=s.epochs,
+                       stage2_epochs=s.stage2_epochs, batch_size=s.batch_size, lr=s.lr, stage2_lr=s.stage2_lr,
+                       seed=seed, val_fraction=s.val_fraction, workers=2)
+
+
+class JointTrainer(Trainer):
+    """Stage 1's loop with stage 2's prompts learned at the same time (the paper's "joint" ablation)."""
+
+    def joint(self) -> None:
+        cfg, model, device = self.cfg, self.model, self.device
+        student = model.set_stage(1)
+        contexts = [model.prompts.ctx_global, model.prompts.ctx_local]
+        for p in contexts:
+            p.requires_grad_(True)
+        optimizer = _optimizer(student, cfg.lr, cfg.weight_decay)
+        optimizer.add_param_group({"params": contexts, "lr": cfg.stage2_lr, "weight_decay": 0.0})
+        steps = cfg.epochs * len(_batches(len(self.data.train_idx), cfg.batch_size, np.random.default_rng(0)))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
+        use_kd = cfg.kd and model.teacher is not None and cfg.kd_weight > 0
+        for epoch in range(1, cfg.epochs + 1):
+            rng, gen = _epoch_rng(cfg, 1, epoch)
+            model.train()
+            if model.teacher is not None:
+                model.teacher.eval()
+            started, total, count = time.perf_counter(), 0.0, 0
+            for batch in _batches(len(self.data.train_idx), cfg.batch_size, rng):
+                images = torch.from_numpy(self.data.cache.get(self.data.train_idx[batch])).to(device)
+                targets = self.train_targets[batch].to(device)
+                pixels = (standardize(augment(images, gen), model.mean, model.std) if cfg.augment
+                          else normalize_pixels(images, model.mean, model.std))
+                with _autocast(device):
+                    f_cls, f_patch, pooled = model.encode(pixels)
+                    P_G, P_L = model.text_features()
+                    loss = self.loss_fn(model.logits(f_cls, f_patch, P_G, P_L).float(), targets)
+                    if use_kd:
+                        with torch.no_grad():
+                            _, _, teacher_pooled = model.encode(pixels, tower="teacher")
+                        loss = loss + cfg.kd_weight * (pooled.float() - teacher_pooled.float()).abs().mean()
+                    if cfg.sc and cfg.sc_weight > 0:
+                        learned = P_G if cfg.sc_branch == "global" else P_L
+                        loss = loss + cfg.sc_weight * (learned.float() - model.text_hand).abs().mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += float(loss.detach()) * len(batch)
+                count += len(batch)
+            seconds = time.perf_counter() - started
+            summary, _ = evaluate(model, self.data, device, max(cfg.batch_size, 64))
+            self._record(1, epoch, total / max(count, 1), summary, seconds, count)
+            improved = self._save(1, epoch, optimizer, scheduler, None, summary)
+            self._log_epoch(1, epoch, cfg.epochs, total / max(count, 1), summary, improved, seconds, count)
+
+
+def train_joint(cfg: TrainConfig, log: Log = print) -> dict:
+    """A run folder like `tagger train` leaves (loadable by load_run), trained jointly; its metrics."""
+    started = time.perf_counter()
+    cfg = resolve_defaults(cfg, log)
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    device = pick_device(cfg.device)
+    clip = load_clip(cfg.backbone, cfg.pretrained)
+    data = prepare_data(cfg, clip, run_dir, log, False)
+    loss_fn = make_loss(cfg.loss, data.targets[data.train_idx].sum(axis=0), len(data.train_idx)).to(device)
+    torch.manual_seed(cfg.seed)
+    model = HPDVAL(clip, data.labels, class_bias=loss_fn.class_bias.cpu(),
+                   config=HPDVALConfig(alpha=cfg.alpha, topk=cfg.topk), teacher=cfg.kd).to(device)
+    runs.write_json(run_dir / runs.CONFIG, _joint_run_config(cfg, clip, model))
+    runs.write_json(run_dir / runs.DATASET, data.dataset)
+    trainer = JointTrainer(cfg, model, loss_fn, data, device, run_dir, log, False)
+    trainer.before, _ = evaluate(model, data, device, max(cfg.batch_size, 64))
+    trainer.joint()
+    return finish(cfg, model, data, trainer, device, run_dir, time.perf_counter() - started)
+
+
+def _joint_run_config(cfg: TrainConfig, clip, model: HPDVAL) -> dict:
+    from train.trainer import _run_config
+
+    config = _run_config(cfg, clip, model, Path(cfg.labels).stem)
+    config["train"]["method"] = "joint"
+    return config
+
+
+def nan_to_none(values) -> list:
+    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values]
+
+
+def replace_schedule(setting: Setting, **changes) -> Setting:
+    return replace(setting, schedule=replace(setting.schedule, **changes))
