@@ -77,7 +77,7 @@ def _parse_stages(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
               help="Weight of the global (CLS) view against the local (patch) view.")
 @click.option("--topk", type=click.IntRange(min=1), default=None,
-              help="Patches pooled per tag in the local view [default: 16%% of the patches].")
+              help="Patches pooled per tag in the local view [default: 16% of the patches].")
 @click.option("--no-kd", is_flag=True, help="Stage 1 without knowledge distillation from the frozen tower "
               "(always off from random init).")
 @click.option("--no-sc", is_flag=True, help="Stage 2 without the semantic consistency loss.")
