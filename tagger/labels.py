@@ -30,17 +30,21 @@ def parse_labels(text: str, source: str = "<labels>") -> list[str]:
     return tags
 
 
-def read_labels(path: str | Path) -> list[str]:
+def read_text_file(path: str | Path, what: str) -> str:
+    """A user's UTF-8 text file (a BOM is fine), or a LabelsError saying which `what` is wrong."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise LabelsError(path, "labels file not found") from None
+        raise LabelsError(path, f"{what} not found") from None
     except UnicodeDecodeError:
-        raise LabelsError(path, "labels file is not UTF-8 text") from None
+        raise LabelsError(path, f"{what} is not UTF-8 text") from None
     except OSError as exc:
-        raise LabelsError(path, f"cannot read labels file: {exc.strerror or exc}") from None
-    return parse_labels(text, str(path))
+        raise LabelsError(path, f"cannot read {what}: {exc.strerror or exc}") from None
+
+
+def read_labels(path: str | Path) -> list[str]:
+    return parse_labels(read_text_file(path, "labels file"), str(path))
 
 
 def tag_levels(tag: str) -> list[str]:

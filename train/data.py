@@ -18,7 +18,7 @@ import numpy as np
 
 from tagger.discover import iter_photos
 from tagger.errors import LabelsError, TaggerError
-from tagger.labels import HIERARCHY_SEP, leaf
+from tagger.labels import HIERARCHY_SEP, leaf, read_text_file
 from tagger.writers.json_sidecar import read_sidecar, sidecar_path
 
 CSV_HEADER_NAMES = {"path", "file", "filename", "photo", "image"}
@@ -139,14 +139,7 @@ def read_annotations(csv_path: str | Path, data_dir: str | Path) -> tuple[dict[P
     A row pointing outside `data_dir` is an error: it would train on photos the user did not hand over.
     """
     csv_path, data_dir = Path(csv_path), Path(data_dir)
-    try:
-        text = csv_path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise LabelsError(csv_path, "annotations CSV not found") from None
-    except UnicodeDecodeError:
-        raise LabelsError(csv_path, "annotations CSV is not UTF-8 text") from None
-    except OSError as exc:
-        raise LabelsError(csv_path, f"cannot read annotations CSV: {exc.strerror or exc}") from None
+    text = read_text_file(csv_path, "annotations CSV")
     root = data_dir.resolve()
     rows: dict[Path, set[str]] = {}
     missing = []
