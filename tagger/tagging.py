@@ -118,13 +118,13 @@ class TagRun:
         errors = []
         # A writer that changes the photo itself (embed) goes first; the others then record the
         # photo's size after that write, so the next run finds every output up to date.
-        for writer in sorted(self.writers, key=lambda w: not getattr(w, "changes_photo", False)):
+        for writer in sorted(self.writers, key=lambda w: not w.changes_photo):
             try:
                 writer.write(result)
             except TaggerError as exc:
                 errors.append(exc)
                 continue
-            if getattr(writer, "changes_photo", False):
+            if writer.changes_photo:
                 try:
                     stat = result.path.stat()
                 except OSError:

@@ -12,6 +12,7 @@ class ModelRef:
     """Which model produced a result: recorded in every output so re-runs can tell stale from current."""
 
     name: str
+    changes_photo: bool  # True when write() rewrites the photo itself (its size changes): it runs first
     sha256: str
 
 

@@ -54,6 +54,7 @@ def sidecar_document(result: PhotoResult, keep: dict | None = None) -> dict:
 
 class JsonWriter:
     name = "json"
+    changes_photo = False
 
     def is_current(self, photo: Path, stat: os.stat_result, model: ModelRef) -> bool:
         try:

@@ -69,6 +69,7 @@ def checked_stat(result: PhotoResult) -> os.stat_result:
 
 class XmpWriter:
     name = "xmp"
+    changes_photo = False
 
     def __init__(self, xmp_name: str = "extension", keyword_prefix: str | None = None,
                  notify: Callable[[str], None] | None = None):
