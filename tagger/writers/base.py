@@ -12,7 +12,6 @@ class ModelRef:
     """Which model produced a result: recorded in every output so re-runs can tell stale from current."""
 
     name: str
-    changes_photo: bool  # True when write() rewrites the photo itself (its size changes): it runs first
     sha256: str
 
 
@@ -32,6 +31,7 @@ class Writer(Protocol):
     """One output format. Errors on one photo raise `tagger.errors.WriteError(path, reason)`."""
 
     name: str
+    changes_photo: bool  # True when write() rewrites the photo itself (its size changes): it runs first
 
     def is_current(self, photo: Path, stat: os.stat_result, model: ModelRef) -> bool:
         """True when this photo's output already holds this model's result for this photo version."""
