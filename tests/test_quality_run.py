@@ -21,7 +21,8 @@ def toy_run(tmp_path_factory):
         task=tasks.TaskConfig(n_pool=40, n_max=16, exponent=1.0, shift=0.0, n_test=24, test_positives=3, shots=(1,),
                               seeds=(0,)),
         long_tailed=schedule, few_shot={1: Schedule(epochs=1, stage2_epochs=1, batch_size=4, val_fraction=0.5)},
-        seeds=[0], methods=["zero_shot", "linear_probe", "full", "joint"], settings=["long-tailed", "1-shot"])
+        seeds=[0], methods=["zero_shot", "linear_probe", "full", "joint"], settings=["long-tailed", "1-shot"],
+        tune_lrs=(1e-4,))
     lines = []
     summary = run_all.run(plan, root / "cache", root / "docs" / "quality.md", log=lines.append)
     torch.set_num_threads(threads)
@@ -61,6 +62,7 @@ def test_report_states_table_claims_and_command(toy_run):
     assert "| HP-DVAL (DVAL + HPT + SC, DB*) |" in text and "| linear probe |" in text
     assert "HP-DVAL vs zero-shot CLIP" in text and "sequential stages vs joint training" in text
     assert "## Few-shot" in text and "1-shot" in text
+    assert "| 0.0001 (chosen) |" in text
     try:
         import matplotlib  # noqa: F401
     except ImportError:
@@ -80,7 +82,8 @@ def test_a_second_run_reuses_every_cached_result(toy_run, tmp_path):
         task=tasks.TaskConfig(n_pool=40, n_max=16, exponent=1.0, shift=0.0, n_test=24, test_positives=3, shots=(1,),
                               seeds=(0,)),
         long_tailed=schedule, few_shot={1: Schedule(epochs=1, stage2_epochs=1, batch_size=4, val_fraction=0.5)},
-        seeds=[0], methods=["zero_shot", "linear_probe", "full", "joint"], settings=["long-tailed"])
+        seeds=[0], methods=["zero_shot", "linear_probe", "full", "joint"], settings=["long-tailed"],
+        tune_lrs=(1e-4,))
     run_all.run(plan, root / "cache", tmp_path / "quality.md", log=lines.append)
     assert not any(line.startswith("[") for line in lines)  # no job ran again
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps

@@ -8,6 +8,7 @@ Most methods are `tagger train` itself with different options (run through its C
     DVAL            --stages 1: stage 1 only, hand-crafted prompts
     DVAL+HPT        --stages 1,2 --no-sc
     HP-DVAL         --stages 1,2 (L_kd, L_sc, DB*): the full method
+    global only     --stages 1,2 --alpha 1: the full method without the local (patch) view
     BCE / ASL / DB  the full method with --loss bce|asl|db
 
 The others have no `tagger train` option and are built here from train/'s own model, losses and metrics:
@@ -68,6 +69,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dval", "DVAL (stage 1)", "tagger", ("--stages", "1",)),
     Method("dval_hpt", "DVAL + HPT (stages 1+2, no SC)", "tagger", ("--stages", "1,2", "--no-sc")),
     Method("full", "HP-DVAL (DVAL + HPT + SC, DB*)", "tagger", ("--stages", "1,2")),
+    Method("full_global", "HP-DVAL, global view only (α = 1)", "tagger", ("--stages", "1,2", "--alpha", "1")),
     Method("joint", "joint training (not sequential)", "joint"),
     Method("loss_bce", "HP-DVAL with BCE", "tagger", ("--stages", "1,2", "--loss", "bce")),
     Method("loss_asl", "HP-DVAL with ASL", "tagger", ("--stages", "1,2", "--loss", "asl")),
@@ -110,7 +112,7 @@ def tagger_args(method: Method, setting: Setting, backbone: str, pretrained: str
     s = setting.schedule
     return ["train", "--labels", str(setting.labels), "--data", str(setting.data),
             "--annotations", str(setting.annotations), "--no-keywords", "--backbone", backbone,
-            "--pretrained", pretrained, "--out", str(out), "--device", "cpu", "--seed", str(seed),
+            "--pretrained", pretrained, "--out", str(out), "--device", "auto", "--seed", str(seed),
             "--epochs", str(s.epochs), "--stage2-epochs", str(s.stage2_epochs), "--lr", str(s.lr),
             "--stage2-lr", str(s.stage2_lr), "--batch-size", str(s.batch_size),
             "--val-fraction", str(s.val_fraction), "--workers", "2", "--quiet", *method.args]
@@ -142,7 +144,8 @@ def run_method(method: Method, setting: Setting, backbone: str, pretrained: str,
                test_pixels: np.ndarray) -> Outcome:
     started = time.perf_counter()
     if method.kind == "tagger":
-        run_tagger_train(tagger_args(method, setting, backbone, pretrained, seed, out), out / "train.log")
+        if not (out / runs.METRICS).is_file():  # a finished run handed over (the learning-rate selection's)
+            run_tagger_train(tagger_args(method, setting, backbone, pretrained, seed, out), out / "train.log")
         val = runs.read_json(out / runs.METRICS)["val"]
         scores = scores_of_run(out, test_pixels)
     elif method.kind == "joint":
@@ -231,7 +234,7 @@ def joint_config(setting: Setting, backbone: str, pretrained: str, seed: int, ou
     s = setting.schedule
     return TrainConfig(labels=str(setting.labels), data=str(setting.data), out=str(out),
                        annotations=str(setting.annotations), keywords=False, backbone=backbone,
-                       pretrained=pretrained, device="cpu", stages=(1, 2), epochs=s.epochs,
+                       pretrained=pretrained, device="auto", stages=(1, 2), epochs=s.epochs,
                        stage2_epochs=s.stage2_epochs, batch_size=s.batch_size, lr=s.lr, stage2_lr=s.stage2_lr,
                        seed=seed, val_fraction=s.val_fraction, workers=2)
 

@@ -60,7 +60,7 @@ class PretrainConfig:
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
-QUICK = PretrainConfig(n_scenes=6000, epochs=3, n_heldout=400)
+QUICK = PretrainConfig(n_scenes=12000, epochs=4, n_heldout=400)
 
 
 @dataclass

@@ -18,25 +18,31 @@ import platform
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from bench.quality import pretrain_vlm, tasks
-from bench.quality.methods import METHODS, Schedule, Setting, run_method
+from bench.quality.methods import METHODS, Schedule, Setting, run_method, run_tagger_train, tagger_args
 from bench.quality.report import COLUMNS, DOCS, FEW_SHOT, MAIN, write_report
 from tagger.benchmark import cpu_name
 from tagger.images import load_image
 from train.backbone import load_clip
+from train import runs
 from train.metrics import per_tag_ap
 
-# Chosen on the validation split (seed 0) with `--tune`; see docs/quality.md.
-LONG_TAILED = Schedule(epochs=10, stage2_epochs=10, lr=1e-4, stage2_lr=2e-3, batch_size=32, val_fraction=0.2)
-FEW_SHOT_SCHEDULES = {1: Schedule(epochs=30, stage2_epochs=30, lr=1e-4, stage2_lr=2e-3, batch_size=8, val_fraction=0.5),
-                      5: Schedule(epochs=20, stage2_epochs=20, lr=1e-4, stage2_lr=2e-3, batch_size=16, val_fraction=0.5)}
-QUICK_LONG_TAILED = Schedule(epochs=4, stage2_epochs=5, lr=1e-4, batch_size=32)
+# Training lengths are fixed in advance; the stage-1 learning rate (`lr` here is a placeholder) is
+# picked on the validation split by `select_lr` at the start of every regeneration.
+LONG_TAILED = Schedule(epochs=30, stage2_epochs=20, lr=3e-4, stage2_lr=2e-3, batch_size=32, val_fraction=0.2)
+FEW_SHOT_SCHEDULES = {1: Schedule(epochs=50, stage2_epochs=50, lr=3e-4, stage2_lr=2e-3, batch_size=8, val_fraction=0.5),
+                      5: Schedule(epochs=30, stage2_epochs=30, lr=3e-4, stage2_lr=2e-3, batch_size=16, val_fraction=0.5)}
+QUICK_LONG_TAILED = Schedule(epochs=10, stage2_epochs=10, lr=3e-4, batch_size=32)
+QUICK_FEW_SHOT = {1: Schedule(epochs=20, stage2_epochs=20, lr=3e-4, batch_size=8, val_fraction=0.5),
+                  5: Schedule(epochs=10, stage2_epochs=10, lr=3e-4, batch_size=16, val_fraction=0.5)}
+TUNE_LRS = (1e-4, 3e-4, 1e-3, 3e-3)  # stage-1 learning rates tried (the paper's 1e-5 moves a tiny tower too little)
+TUNE_METHOD = "full"  # the method under test picks the rate; every tower-training method then uses it
 
 
 def test_set_metrics(scores: np.ndarray, targets: np.ndarray, groups: list[str]) -> dict:
@@ -66,6 +72,7 @@ class Plan:
     methods: list[str]  # method ids to run (zero-shot results also stand for the few-shot settings)
     settings: list[str]  # "long-tailed", "1-shot", "5-shot"
     quick: bool = False
+    tune_lrs: tuple[float, ...] = TUNE_LRS  # one value: no selection
 
     @classmethod
     def full(cls) -> "Plan":
@@ -74,7 +81,7 @@ class Plan:
 
     @classmethod
     def quick_plan(cls) -> "Plan":
-        return cls(pretrain_vlm.QUICK, tasks.QUICK, QUICK_LONG_TAILED, FEW_SHOT_SCHEDULES, [0, 1], list(METHODS),
+        return cls(pretrain_vlm.QUICK, tasks.QUICK, QUICK_LONG_TAILED, QUICK_FEW_SHOT, [0, 1], list(METHODS),
                    ["long-tailed", "1-shot", "5-shot"], quick=True)
 
 
@@ -103,6 +110,35 @@ def load_test_pixels(task: tasks.Task, preprocess, cache: Path) -> np.ndarray:
     return pixels
 
 
+def select_lr(plan: Plan, setting: Setting, backbone: str, checkpoint: Path, results_dir: Path,
+              log=print) -> tuple[float, list[dict]]:
+    """The stage-1 learning rate with the best validation mAP for TUNE_METHOD, seed 0 (test never scored)."""
+    method, seed = METHODS[TUNE_METHOD], plan.seeds[0]
+    rows = []
+    for lr in plan.tune_lrs:
+        schedule = replace(setting.schedule, lr=lr)
+        folder = results_dir / "tune" / f"lr-{lr:g}"
+        key = _key(asdict(schedule), method.args, seed)
+        saved = folder / "val.json"
+        if saved.is_file() and json.loads(saved.read_text()).get("key") == key:
+            rows.append(json.loads(saved.read_text()))
+            continue
+        if folder.exists():
+            shutil.rmtree(folder)
+        started = time.perf_counter()
+        run_dir = folder / "run"
+        run_tagger_train(tagger_args(method, replace(setting, schedule=schedule), backbone, str(checkpoint), seed,
+                                     run_dir), run_dir / "train.log")
+        val = runs.read_json(run_dir / runs.METRICS)["val"]
+        row = {"key": key, "lr": lr, "val": val, "seconds": round(time.perf_counter() - started, 1),
+               "run": str(run_dir)}
+        saved.write_text(json.dumps(row, indent=2))
+        rows.append(row)
+        log(f"[select] {TUNE_METHOD} seed {seed}, stage-1 lr {lr:g}: validation mAP {_f(val['mAP'])}")
+    best = max(rows, key=lambda r: -1.0 if r["val"]["mAP"] is None else r["val"]["mAP"])
+    return best["lr"], rows
+
+
 def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=print) -> dict:
     """Pretrain (or reuse) the VLM, write (or reuse) the tasks, run every missing job, write the report."""
     started_wall, started_cpu, load_start = time.perf_counter(), _cpu_seconds(), _load()
@@ -115,6 +151,12 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
     test_pixels = load_test_pixels(task, clip.preprocess, results_dir)
 
     settings = settings_for(task, plan)
+    lr, selection = select_lr(plan, settings_for(task, replace(plan, settings=["long-tailed"]))[0], backbone,
+                              checkpoint, results_dir, log)
+    if len(plan.tune_lrs) > 1:
+        log(f"stage-1 learning rate {lr:g} (best validation mAP of {', '.join(f'{x:g}' for x in plan.tune_lrs)})")
+    settings = [replace(s, schedule=replace(s.schedule, lr=lr)) for s in settings]
+    reusable = {Path(r["run"]) for r in selection if r["lr"] == lr}
     jobs = []
     for setting in settings:
         methods = MAIN if setting.name == "long-tailed" else [m for m in FEW_SHOT if not m.startswith("zero_shot")]
@@ -124,6 +166,7 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
             method = METHODS[name]
             for seed in (plan.seeds if method.seeded else plan.seeds[:1]):
                 jobs.append((setting, method, seed))
+    ran = 0
     log(f"{len(jobs)} runs: settings {', '.join(s.name for s in settings)}; seeds {plan.seeds}; results in {results_dir}")
     for n, (setting, method, seed) in enumerate(jobs, 1):
         folder = results_dir / setting.name / method.name / f"seed-{seed}"
@@ -134,6 +177,9 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
         if folder.exists():
             shutil.rmtree(folder)
         concrete = setting_for_seed(setting, task, seed)
+        if setting.name == "long-tailed" and method.name == TUNE_METHOD and seed == plan.seeds[0] and reusable:
+            shutil.copytree(next(iter(reusable)), folder / "run")  # the selection run is this very job
+        ran += 1
         outcome = run_method(method, concrete, backbone, str(checkpoint), seed, folder / "run", test_pixels)
         result = {"setting": setting.name, "method": method.name, "seed": seed, "schedule_key": schedule_key,
                   "schedule": asdict(setting.schedule), "val": outcome.val, "seconds": round(outcome.seconds, 1),
@@ -155,10 +201,12 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
     summary = {
         "quick": plan.quick, "seeds": plan.seeds, "settings": [s.name for s in settings],
         "schedules": {s.name: _schedule_text(s.schedule) for s in settings},
+        "selection": {"method": TUNE_METHOD, "seed": plan.seeds[0], "chosen_lr": lr,
+                      "rows": [{k: r[k] for k in ("lr", "val", "seconds")} for r in selection]},
         "task": json.loads((task.root / "task.json").read_text()),
         "vlm": vlm_summary | {"model": _model_text(backbone)},
         "timing": {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "load_start": load_start, "load_end": _load(),
-                   "threads": torch.get_num_threads(), "jobs_run": len(jobs)},
+                   "threads": torch.get_num_threads(), "jobs_run": ran},
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}, torch {torch.__version__}",
         "finished": _dt.datetime.now().astimezone().isoformat(timespec="minutes"),
     }
