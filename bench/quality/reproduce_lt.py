@@ -260,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     import shlex
 
+    import click
     import torch
-    from click.testing import CliRunner
 
     from bench.quality.pretrain_vlm import zero_shot_scores
     from tagger.cli import cli
@@ -302,10 +302,10 @@ def _run(args) -> int:
         train_args = ["train", "--resume", "--out", str(run_dir), "--device", args.device]
     started = time.perf_counter()
     if not (run_dir / "metrics.json").is_file():
-        result = CliRunner().invoke(cli, train_args, catch_exceptions=False)
-        print(result.output, end="")
-        if result.exit_code != 0:
-            raise ReproduceError(f"tagger train failed (exit {result.exit_code}); see the output above")
+        try:  # in this process, output streaming as usual
+            cli.main(train_args, prog_name="tagger", standalone_mode=False)
+        except click.ClickException as exc:
+            raise ReproduceError(f"tagger train: {exc.format_message()}") from None
     run = load_run(run_dir)
     parts = run.parts
     parts.visual.to(device)

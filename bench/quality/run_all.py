@@ -41,7 +41,7 @@ FEW_SHOT_SCHEDULES = {1: Schedule(epochs=50, stage2_epochs=50, lr=3e-4, stage2_l
 QUICK_LONG_TAILED = Schedule(epochs=10, stage2_epochs=10, lr=3e-4, batch_size=32)
 QUICK_FEW_SHOT = {1: Schedule(epochs=20, stage2_epochs=20, lr=3e-4, batch_size=8, val_fraction=0.5),
                   5: Schedule(epochs=10, stage2_epochs=10, lr=3e-4, batch_size=16, val_fraction=0.5)}
-TUNE_LRS = (1e-4, 3e-4, 1e-3, 3e-3)  # stage-1 learning rates tried (the paper's 1e-5 moves a tiny tower too little)
+TUNE_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # stage-1 learning rates tried (the paper's 1e-5 moves a tiny tower too little)
 TUNE_METHOD = "full"  # the method under test picks the rate; every tower-training method then uses it
 
 
@@ -112,12 +112,14 @@ def load_test_pixels(task: tasks.Task, preprocess, cache: Path) -> np.ndarray:
 
 def select_lr(plan: Plan, setting: Setting, backbone: str, checkpoint: Path, results_dir: Path,
               log=print) -> tuple[float, list[dict]]:
-    """The stage-1 learning rate with the best validation mAP for TUNE_METHOD, seed 0 (test never scored)."""
+    """The stage-1 learning rate with the best validation mAP for TUNE_METHOD, first seed (test never scored).
+
+    `setting` is the concrete one of that seed (few-shot pools differ per seed)."""
     method, seed = METHODS[TUNE_METHOD], plan.seeds[0]
     rows = []
     for lr in plan.tune_lrs:
         schedule = replace(setting.schedule, lr=lr)
-        folder = results_dir / "tune" / f"lr-{lr:g}"
+        folder = results_dir / "tune" / setting.name / f"lr-{lr:g}"
         key = _key(asdict(schedule), method.args, seed)
         saved = folder / "val.json"
         if saved.is_file() and json.loads(saved.read_text()).get("key") == key:
@@ -134,7 +136,7 @@ def select_lr(plan: Plan, setting: Setting, backbone: str, checkpoint: Path, res
                "run": str(run_dir)}
         saved.write_text(json.dumps(row, indent=2))
         rows.append(row)
-        log(f"[select] {TUNE_METHOD} seed {seed}, stage-1 lr {lr:g}: validation mAP {_f(val['mAP'])}")
+        log(f"[select] {setting.name} {TUNE_METHOD} seed {seed}, stage-1 lr {lr:g}: validation mAP {_f(val['mAP'])}")
     best = max(rows, key=lambda r: -1.0 if r["val"]["mAP"] is None else r["val"]["mAP"])
     return best["lr"], rows
 
@@ -150,13 +152,15 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
     results_dir.mkdir(parents=True, exist_ok=True)
     test_pixels = load_test_pixels(task, clip.preprocess, results_dir)
 
-    settings = settings_for(task, plan)
-    lr, selection = select_lr(plan, settings_for(task, replace(plan, settings=["long-tailed"]))[0], backbone,
-                              checkpoint, results_dir, log)
-    if len(plan.tune_lrs) > 1:
-        log(f"stage-1 learning rate {lr:g} (best validation mAP of {', '.join(f'{x:g}' for x in plan.tune_lrs)})")
-    settings = [replace(s, schedule=replace(s.schedule, lr=lr)) for s in settings]
-    reusable = {Path(r["run"]) for r in selection if r["lr"] == lr}
+    settings, selections, reusable = [], {}, {}
+    for setting in settings_for(task, plan):
+        lr, rows = select_lr(plan, setting_for_seed(setting, task, plan.seeds[0]), backbone, checkpoint, results_dir, log)
+        if len(plan.tune_lrs) > 1:
+            log(f"{setting.name}: stage-1 learning rate {lr:g} (best validation mAP of "
+                f"{', '.join(f'{x:g}' for x in plan.tune_lrs)})")
+        settings.append(replace(setting, schedule=replace(setting.schedule, lr=lr)))
+        selections[setting.name] = {"chosen_lr": lr, "rows": [{k: r[k] for k in ("lr", "val", "seconds")} for r in rows]}
+        reusable[setting.name] = next(Path(r["run"]) for r in rows if r["lr"] == lr)
     jobs = []
     for setting in settings:
         methods = MAIN if setting.name == "long-tailed" else [m for m in FEW_SHOT if not m.startswith("zero_shot")]
@@ -177,8 +181,8 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
         if folder.exists():
             shutil.rmtree(folder)
         concrete = setting_for_seed(setting, task, seed)
-        if setting.name == "long-tailed" and method.name == TUNE_METHOD and seed == plan.seeds[0] and reusable:
-            shutil.copytree(next(iter(reusable)), folder / "run")  # the selection run is this very job
+        if method.name == TUNE_METHOD and seed == plan.seeds[0]:
+            shutil.copytree(reusable[setting.name], folder / "run")  # the selection run is this very job
         ran += 1
         outcome = run_method(method, concrete, backbone, str(checkpoint), seed, folder / "run", test_pixels)
         result = {"setting": setting.name, "method": method.name, "seed": seed, "schedule_key": schedule_key,
@@ -201,8 +205,7 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
     summary = {
         "quick": plan.quick, "seeds": plan.seeds, "settings": [s.name for s in settings],
         "schedules": {s.name: _schedule_text(s.schedule) for s in settings},
-        "selection": {"method": TUNE_METHOD, "seed": plan.seeds[0], "chosen_lr": lr,
-                      "rows": [{k: r[k] for k in ("lr", "val", "seconds")} for r in selection]},
+        "selection": {"method": TUNE_METHOD, "seed": plan.seeds[0], "settings": selections},
         "task": json.loads((task.root / "task.json").read_text()),
         "vlm": vlm_summary | {"model": _model_text(backbone)},
         "timing": {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "load_start": load_start, "load_end": _load(),
