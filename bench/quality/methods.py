@@ -23,9 +23,8 @@ The others have no `tagger train` option and are built here from train/'s own mo
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -45,8 +44,8 @@ from train.losses import make_loss
 from train.metrics import map_summary
 from train.model import HPDVAL, HPDVALConfig, normalize_pixels, score_images, standardize
 from train.split import stratified_split
-from train.trainer import (TrainConfig, Trainer, _autocast, _batches, _epoch_rng, _optimizer, evaluate, finish,
-                           pick_device, prepare_data, resolve_defaults)
+from train.trainer import (TrainConfig, Trainer, _autocast, _batches, _epoch_rng, _optimizer, _run_config, evaluate,
+                           finish, pick_device, prepare_data, resolve_defaults)
 
 Log = Callable[[str], None]
 
@@ -136,7 +135,8 @@ def scores_of_run(run_dir: Path, test_pixels: np.ndarray, batch_size: int = 256)
     out = []
     with torch.no_grad():
         for start in range(0, len(test_pixels), batch_size):
-            out.append(score_images(parts, torch.from_numpy(np.ascontiguousarray(test_pixels[start:start + batch_size]))))
+            chunk = np.ascontiguousarray(test_pixels[start:start + batch_size])
+            out.append(score_images(parts, torch.from_numpy(chunk)))
     return torch.cat(out).numpy()
 
 
@@ -311,16 +311,6 @@ def train_joint(cfg: TrainConfig, log: Log = print) -> dict:
 
 
 def _joint_run_config(cfg: TrainConfig, clip, model: HPDVAL) -> dict:
-    from train.trainer import _run_config
-
     config = _run_config(cfg, clip, model, Path(cfg.labels).stem)
     config["train"]["method"] = "joint"
     return config
-
-
-def nan_to_none(values) -> list:
-    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in values]
-
-
-def replace_schedule(setting: Setting, **changes) -> Setting:
-    return replace(setting, schedule=replace(setting.schedule, **changes))

@@ -106,7 +106,8 @@ def _cached_corpus(path: Path, n: int, seed: int, size: int, max_objects: int, l
 
 
 def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    logits = logit_scale.exp().clamp(max=100) * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).t()
+    scale = logit_scale.exp().clamp(max=100)
+    logits = scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features, dim=-1).t()
     labels = torch.arange(len(logits))
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
@@ -224,7 +225,8 @@ def ensure_vlm(cfg: PretrainConfig, log: Log = print, force: bool = False,
     started = time.perf_counter()
     checkpoint = pretrain(cfg, out_dir, log, cache_root)
     seconds = time.perf_counter() - started
-    summary = {"config": asdict(cfg), "pretrain_s": round(seconds, 1), "zero_shot": zero_shot_check(checkpoint, cfg, log)}
+    summary = {"config": asdict(cfg), "pretrain_s": round(seconds, 1),
+               "zero_shot": zero_shot_check(checkpoint, cfg, log)}
     summary_path.write_text(json.dumps(summary, indent=2))
     return checkpoint, summary
 
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     checkpoint, summary = ensure_vlm(QUICK if args.quick else PretrainConfig(), force=args.force)
     print(f"checkpoint: {checkpoint}")
-    print(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "ap"} for k, v in summary["zero_shot"].items()}, indent=2))
+    brief = {k: {kk: vv for kk, vv in v.items() if kk != "ap"} for k, v in summary["zero_shot"].items()}
+    print(json.dumps(brief, indent=2))
     return 0
 
 

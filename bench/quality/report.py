@@ -239,8 +239,9 @@ def write_report(results_dir: Path, out: Path = DOCS / "quality.md") -> Path:
         "the left and a green tree.\"), every kind equally often; "
         f"{vlm['config']['epochs']} epochs, batch {vlm['config']['batch_size']} ({vlm['pretrain_s'] / 60:.1f} min).",
         f"- **Zero-shot check** (\"a photo of a {{tag}}.\", CLS view, {zs_images} held-out scenes each): "
-        + "; ".join(f"{name}: mAP **{v['mAP']:.1f}** with CLIP's softmax over tags ({v.get('mAP_cosine', float('nan')):.1f} "
-                    f"ranking raw cosines) vs chance {v['chance_mAP']:.1f}, top-1 precision "
+        + "; ".join(f"{name}: mAP **{v['mAP']:.1f}** with CLIP's softmax over tags "
+                    f"({v.get('mAP_cosine', float('nan')):.1f} ranking raw cosines) vs chance {v['chance_mAP']:.1f}, "
+                    "top-1 precision "
                     f"{v['top1_precision']:.1f} vs chance {v['chance_top1']:.1f}" for name, v in zs.items())
         + ". Well above chance, and lower on the photo style: the domain gap fine-tuning has to close.",
         f"- **Long-tailed task.** {len(task['tags'])} tags (object kinds) on {task['config']['n_pool']} photos in "
@@ -257,7 +258,8 @@ def write_report(results_dir: Path, out: Path = DOCS / "quality.md") -> Path:
         "to train and K to validate; a new pool per seed.",
         f"- **Schedules.** Long-tailed: {run['schedules']['long-tailed']}; "
         + "; ".join(f"{s}: {run['schedules'][s]}" for s in few)
-        + ". Epochs are fixed in advance; the stage-1 learning rates shown are the ones selected on validation (below). "
+        + ". Epochs are fixed in advance; the stage-1 learning rates shown are the ones selected on validation "
+        "(below). "
         "The paper's 1e-5 barely moves a tiny tower in 30 epochs, so larger rates are tried.",
         f"- **Seeds.** {', '.join(str(s) for s in run['seeds'])}: the split, initialisation, order and "
         "augmentation change; mean ± standard deviation over seeds. Zero-shot has no seed.",
@@ -327,8 +329,8 @@ def selection_table(settings: dict) -> list[str]:
     lines = ["| setting | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |", "|---|" + "---|" * len(lrs)]
     for name, sel in settings.items():
         by_lr = {r["lr"]: r["val"].get("mAP") for r in sel["rows"]}
-        lines.append(f"| {name} | " + " | ".join(
-            ("**" + _num(by_lr.get(lr)) + "**" if lr == sel["chosen_lr"] else _num(by_lr.get(lr))) for lr in lrs) + " |")
+        cells_ = [f"**{_num(by_lr.get(lr))}**" if lr == sel["chosen_lr"] else _num(by_lr.get(lr)) for lr in lrs]
+        lines.append(f"| {name} | " + " | ".join(cells_) + " |")
     return lines
 
 

@@ -316,13 +316,14 @@ def _run(args) -> int:
     def hp_dval(pixels):
         return score_images(parts, torch.from_numpy(pixels).to(device)).float().cpu().numpy()
 
-    results["HP-DVAL (tagger train)"] = map_on_test(score_test_list(hp_dval, data, root, run.preprocess, args.batch_size,
-                                                             args.workers), data)
+    scores = score_test_list(hp_dval, data, root, run.preprocess, args.batch_size, args.workers)
+    results["HP-DVAL (tagger train)"] = map_on_test(scores, data)
     seconds = time.perf_counter() - started
     print(comparison_table(args.dataset, results))
     summary = {"dataset": args.dataset, "backbone": args.backbone, "pretrained": pretrained,
                "train_args": train_args, "seconds": round(seconds, 1), "ours": results,
-               "paper": {k: dict(zip(("mAP", "mAP_head", "mAP_medium", "mAP_tail"), v)) for k, v in PAPER[args.dataset].items()}}
+               "paper": {k: dict(zip(("mAP", "mAP_head", "mAP_medium", "mAP_tail"), v))
+                         for k, v in PAPER[args.dataset].items()}}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     print(f"results: {out / 'results.json'}")
     return 0

@@ -26,11 +26,11 @@ import torch
 
 from bench.quality import pretrain_vlm, tasks
 from bench.quality.methods import METHODS, Schedule, Setting, run_method, run_tagger_train, tagger_args
-from bench.quality.report import COLUMNS, DOCS, FEW_SHOT, MAIN, write_report
+from bench.quality.report import DOCS, FEW_SHOT, MAIN, write_report
 from tagger.benchmark import cpu_name
 from tagger.images import load_image
-from train.backbone import load_clip
 from train import runs
+from train.backbone import load_clip
 from train.metrics import per_tag_ap
 
 # Training lengths are fixed in advance; the stage-1 learning rate (`lr` here is a placeholder) is
