@@ -53,7 +53,7 @@ def export(run_dir, out, name, quantize, int8_method, min_agreement, force, zero
     as fp32 on at least 99% of them (--force overrides the latter).
     """
     _check_usage(run_dir, out, name, zero_shot, labels_file, backbone, pretrained, alpha, images_dir)
-    try:
+    try:  # lazy by design (DESIGN.md §1): only this command, when run, loads the export package
         from export.build import ExportSettings
         from export.jobs import export_run, export_zero_shot
         from export.onnx_export import ExportError

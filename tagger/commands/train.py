@@ -105,11 +105,12 @@ def train(labels, data, annotations, no_keywords, backbone, pretrained, out, dev
     stage 1 and stage 2 of HP-DVAL, and leaves in --out the best checkpoint, metrics.json and the
     per-tag thresholds. Next: `tagger export RUN_DIR`.
     """
-    try:
-        import open_clip  # noqa: F401
-        import torch  # noqa: F401
-    except ImportError:
-        raise click.ClickException(EXTRAS_HINT) from None
+    from importlib.util import find_spec
+
+    # Say what to install before anything heavy loads; the binary and runtime-only installs lack these.
+    if find_spec("torch") is None or find_spec("open_clip") is None or find_spec("train") is None:
+        raise click.ClickException(EXTRAS_HINT)
+    # Lazy by design (DESIGN.md §1): only this command, when run, loads the training package.
     from train.backbone import default_pretrained
     from train.runs import CONFIG, read_json
     from train.trainer import TrainConfig
