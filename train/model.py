@@ -120,6 +120,11 @@ class HPDVAL(nn.Module):
         return (encode_prompts(self.text, self.prompts, self.prompts.ctx_global),
                 encode_prompts(self.text, self.prompts, self.prompts.ctx_local))
 
+    def consistency_loss(self, P_G: torch.Tensor, P_L: torch.Tensor, branch: str = "global") -> torch.Tensor:
+        """L_sc = mean |P_learned − P_H|: the paper ties the global prompts, the official code the local."""
+        learned = P_G if branch == "global" else P_L
+        return (learned.float() - self.text_hand).abs().mean()
+
     # -- image side --------------------------------------------------------------------------------
     def encode(self, pixels: torch.Tensor, tower: str = "student"):
         return encode_image(self.student if tower == "student" else self.teacher, pixels)

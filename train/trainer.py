@@ -489,8 +489,7 @@ class Trainer:
                     logits = model.logits(f_cls_all[idx].to(device), f_patch_all[idx].to(device), P_G, P_L)
                     loss = self.loss_fn(logits.float(), targets)
                     if use_sc:
-                        learned = P_G if cfg.sc_branch == "global" else P_L
-                        loss = loss + cfg.sc_weight * (learned.float() - model.text_hand).abs().mean()
+                        loss = loss + cfg.sc_weight * model.consistency_loss(P_G, P_L, cfg.sc_branch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

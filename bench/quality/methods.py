@@ -273,8 +273,7 @@ class JointTrainer(Trainer):
                             _, _, teacher_pooled = model.encode(pixels, tower="teacher")
                         loss = loss + cfg.kd_weight * (pooled.float() - teacher_pooled.float()).abs().mean()
                     if cfg.sc and cfg.sc_weight > 0:
-                        learned = P_G if cfg.sc_branch == "global" else P_L
-                        loss = loss + cfg.sc_weight * (learned.float() - model.text_hand).abs().mean()
+                        loss = loss + cfg.sc_weight * model.consistency_loss(P_G, P_L, cfg.sc_branch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
