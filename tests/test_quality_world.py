@@ -83,3 +83,16 @@ def test_build_task_writes_what_tagger_train_reads(tmp_path):
     again = tasks.build_task(cfg, tmp_path / "task")  # complete: nothing rewritten
     assert again.lt.paths[0].stat().st_mtime_ns == before
     np.testing.assert_array_equal(again.lt.targets, task.lt.targets)
+
+
+def test_compose_scene_draws_the_wanted_colour_and_size_and_sample_scene_is_its_plain_case():
+    wants = [world.Want("car", colour="black"), world.Want("tree", size="large"), world.Want("star", size="small"),
+             world.Want("moon")]
+    scene = world.compose_scene(wants, np.random.default_rng(5), world.PHOTO_STYLE)
+    assert [(t.kind, t.colour) for t in scene.things[:1]] == [("car", "black")]
+    assert [t.size_word for t in scene.things[1:3]] == ["large", "small"]
+    plain = world.sample_scene(["ball", "moon"], np.random.default_rng(7), world.PHOTO_STYLE)
+    assert plain == world.compose_scene([world.Want("ball"), world.Want("moon")], np.random.default_rng(7),
+                                        world.PHOTO_STYLE)
+    with pytest.raises(ValueError):
+        world.compose_scene([world.Want("car", colour="teal")], np.random.default_rng(0))

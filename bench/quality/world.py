@@ -35,6 +35,11 @@ KINDS: dict[str, str] = {
 
 POSITIONS = ("on the left", "on the right", "at the top", "at the bottom", "in the middle")
 
+# Captions call an object "small" or "large" past these radii (canvas pixels); in between, no size word.
+SMALL_BELOW, LARGE_ABOVE = 11.5, 15.5
+# Radii drawn for an object wanted at a size: clear of the thresholds, so the size word is never in doubt.
+SIZE_RADIUS: dict[str, tuple[float, float]] = {"small": (7.5, 11.0), "large": (16.0, 19.0)}
+
 
 @dataclass(frozen=True)
 class SceneStyle:
@@ -65,8 +70,7 @@ class Thing:
 
     @property
     def size_word(self) -> str | None:
-        low, high = 11.5, 15.5
-        return "small" if self.radius < low else "large" if self.radius > high else None
+        return "small" if self.radius < SMALL_BELOW else "large" if self.radius > LARGE_ABOVE else None
 
     @property
     def position(self) -> str:
@@ -92,19 +96,37 @@ class Scene:
         return [k for k in KINDS if k in present]
 
 
+@dataclass(frozen=True)
+class Want:
+    """One object a scene must hold: its kind and, where given, its colour and its caption size word."""
+
+    kind: str
+    colour: str | None = None  # None: the style's rule (the kind's typical colour, or another)
+    size: str | None = None  # "small" or "large" (SIZE_RADIUS); None: any radius in the style's range
+
+
 def sample_scene(kinds: list[str], rng: np.random.Generator, style: SceneStyle = PRETRAIN_STYLE) -> Scene:
     """A scene holding one object of each of `kinds` (a kind may be listed twice for two objects)."""
+    return compose_scene([Want(kind) for kind in kinds], rng, style)
+
+
+def compose_scene(wants: list[Want], rng: np.random.Generator, style: SceneStyle = PRETRAIN_STYLE) -> Scene:
+    """A scene holding one object per want, in order (later objects are drawn over earlier ones)."""
     names = list(COLOURS)
     placed: list[Thing] = []
-    for kind in kinds:
-        if rng.random() < style.typical_colour:
-            colour = KINDS[kind]
+    for want in wants:
+        if want.kind not in KINDS or want.colour not in (None, *COLOURS) or want.size not in (None, *SIZE_RADIUS):
+            raise ValueError(f"no such object in this world: {want}")
+        if want.colour is not None:
+            colour = want.colour
+        elif rng.random() < style.typical_colour:
+            colour = KINDS[want.kind]
         else:
             colour = names[int(rng.integers(len(names)))]
-            colour = colour if colour != KINDS[kind] else names[(names.index(colour) + 1) % len(names)]
-        r = float(rng.uniform(*style.radius))
+            colour = colour if colour != KINDS[want.kind] else names[(names.index(colour) + 1) % len(names)]
+        r = float(rng.uniform(*(SIZE_RADIUS[want.size] if want.size else style.radius)))
         x, y = _free_spot(rng, placed, r, style.overlap)
-        placed.append(Thing(kind, colour, r, x, y))
+        placed.append(Thing(want.kind, colour, r, x, y))
     background = (tuple(int(v) for v in rng.integers(70, 200, 3)), tuple(int(v) for v in rng.integers(70, 200, 3)))
     return Scene(tuple(placed), background, int(rng.integers(2**31)))
 
