@@ -23,6 +23,7 @@ class ScoringGraph(nn.Module):
         self.register_buffer("P_G", parts.P_G.detach().float().clone())
         self.register_buffer("P_L", parts.P_L.detach().float().clone())
         self.register_buffer("class_bias", parts.class_bias.detach().float().clone())
+        self.register_buffer("P_ref", None if parts.P_ref is None else parts.P_ref.detach().float().clone())
         self.parts = parts
 
     @property
@@ -35,5 +36,5 @@ class ScoringGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         parts = dataclasses.replace(self.parts, visual=self.visual, P_G=self.P_G, P_L=self.P_L,
-                                    class_bias=self.class_bias)
+                                    class_bias=self.class_bias, P_ref=self.P_ref)
         return score_images(parts, image)

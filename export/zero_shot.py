@@ -21,21 +21,13 @@ from __future__ import annotations
 import datetime
 
 import torch
-import torch.nn.functional as F
 
 from train.backbone import LoadedClip
 from train.model import ExportParts, default_topk
-from train.prompts import prompt_text
+from train.prompts import NULL_PROMPT, encode_text, prompt_text
 
-NULL_PROMPT = "a photo."
 THRESHOLD = 0.5  # tag prompt and null prompt tie
 ZERO_SHOT_ALPHA = 1.0
-
-
-@torch.no_grad()
-def encode_texts(clip: LoadedClip, texts: list[str]) -> torch.Tensor:
-    tokens = clip.tokenizer(texts).to(next(clip.model.parameters()).device)
-    return F.normalize(clip.model.encode_text(tokens).float(), dim=-1)
 
 
 @torch.no_grad()
@@ -44,8 +36,8 @@ def zero_shot_parts(clip: LoadedClip, labels: list[str], alpha: float = ZERO_SHO
     """ExportParts for plain CLIP: the student is CLIP's own visual tower, prompts are hand-crafted."""
     visual = clip.model.visual.eval()
     visual.output_tokens = True
-    P_H = encode_texts(clip, [prompt_text(tag) for tag in labels])
-    P_null = encode_texts(clip, [NULL_PROMPT])
+    P_H = encode_text(clip.model, clip.tokenizer, [prompt_text(tag) for tag in labels])
+    P_null = encode_text(clip.model, clip.tokenizer, [NULL_PROMPT])
     direction = (P_H - P_null).cpu()
     n_patches = visual.grid_size[0] * visual.grid_size[1]
     return ExportParts(

@@ -84,7 +84,8 @@ def test_int8_keeps_the_scoring_head_in_fp32(untrained):
     assert len(head) == 4
     consts = {t.name: tuple(t.dims) for t in proto.graph.initializer}
     by_name = {n.name: n for n in proto.graph.node}
-    tag_products = [n for n in head if any(consts.get(i, (0,))[-1] == len(LABELS) for i in by_name[n].input)]
+    # The tag matrices hold one row per tag plus the reference prompt of the per-photo normalisation.
+    tag_products = [n for n in head if any(consts.get(i, (0,))[-1] == len(LABELS) + 1 for i in by_name[n].input)]
     assert len(tag_products) == 2
 
 

@@ -109,7 +109,7 @@ def test_stage1_moves_only_the_student(synthetic, checkpoint, tmp_path):
     changed = {k for k in before if k != "class_bias" and not torch.equal(before[k], after[k])}
     student = {k for k in before if k.startswith("student.")}
     assert "student.proj" in changed and "student.conv1.weight" in changed
-    assert changed <= student | {"logit_scale"}
+    assert changed <= student | {"logit_scale", "tag_bias"}
     assert len(changed & student) >= len(student) - 2  # every trained tensor moved (a few may be zero-grad)
     assert not torch.equal(before["logit_scale"], after["logit_scale"])
 
@@ -122,4 +122,4 @@ def test_stage2_moves_only_the_two_contexts(synthetic, checkpoint, tmp_path):
     before = _initial_state(synthetic, tmp_path / "run", checkpoint)
     after = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     changed = {k for k in before if k != "class_bias" and not torch.equal(before[k], after[k])}
-    assert changed == {"prompts.ctx_global", "prompts.ctx_local"}
+    assert changed == {"prompts.ctx_global", "prompts.ctx_local", "tag_bias"}

@@ -113,7 +113,7 @@ def test_load_run_round_trip(synthetic, tmp_path):
     assert summary["train_images"] + summary["val_images"] == 300
     assert set(summary["val_mAP"]) == {"total", "head", "medium", "tail"}
     assert summary["positives"]["box"] > summary["positives"]["Sky|Moon"]
-    assert summary["loss"] == "dbstar" and summary["stages"] == [1, 2]
+    assert summary["loss"] == "bce" and summary["stages"] == [1, 2]
     assert len(summary["created"]) == 10  # ISO date
     assert run.preprocess.size == 64 and run.preprocess.resize == "shortest"
     assert run.parts.P_G.shape == (10, 64) and run.parts.topk == 10

@@ -1,4 +1,4 @@
-"""Multi-label classification losses: DB* (default), DB, ASL and BCE (DESIGN.md §6).
+"""Multi-label classification losses: BCE (default), DB*, DB, the official code's DB, ASL (DESIGN.md §6).
 
 Every loss takes the model's logits z [B, C] (before the class bias) and 0/1 targets y [B, C], and
 exposes `class_bias` υ [C]: the shift it applies to the logits, which the model adds again at inference
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("dbstar", "db", "asl", "bce")
+LOSSES = ("bce", "dbstar", "db", "db-official", "asl")
 
 
 @dataclass
@@ -23,6 +23,13 @@ class DBConfig:
     kappa: float = 0.05  # strength of the class-prior bias υ
     neg_scale: float = 2.0  # λ: negative logits scaled by λ, their loss by 1/λ (5 for VOC)
     focal_gamma: float = 2.0  # element-wise focal exponent
+    pos_scale: float = 1.0  # positive logits scaled by this (the official code: 5 for COCO, 10 for VOC)
+    balance: float = 1.0  # constant factor on the whole loss (the official code: 2)
+    bias_over_neg_scale: bool = False  # υ divided by λ, as the official code initialises it
+
+
+# The DB loss as the official HP-DVAL code configures it for COCO-LT (LMPT's settings).
+OFFICIAL_DB = DBConfig(mu=0.2, kappa=0.05, neg_scale=2.0, pos_scale=5.0, balance=2.0, bias_over_neg_scale=True)
 
 
 def class_bias(class_counts, n_images: int, kappa: float = 0.05) -> torch.Tensor:
@@ -43,7 +50,8 @@ class DBLoss(nn.Module):
         self.config = config or DBConfig()
         counts = torch.as_tensor(class_counts, dtype=torch.float32)
         self.register_buffer("freq_inv", 1.0 / counts.clamp_min(1.0))
-        self.register_buffer("class_bias", class_bias(counts, n_images, self.config.kappa))
+        bias = class_bias(counts, n_images, self.config.kappa)
+        self.register_buffer("class_bias", bias / self.config.neg_scale if self.config.bias_over_neg_scale else bias)
         weight = counts / counts.max().clamp_min(1.0) if head_weight else torch.ones_like(counts)
         self.register_buffer("pos_weight", weight)
 
@@ -62,12 +70,12 @@ class DBLoss(nn.Module):
         cfg = self.config
         targets = targets.to(logits.dtype)
         z = logits + self.class_bias
-        lam = cfg.neg_scale
-        # Positive: BCE(z, 1), focal on p = sigmoid(z). Negative: BCE(λz, 0)/λ, focal on sigmoid(λz).
-        pos = self.pos_weight * F.softplus(-z) * torch.sigmoid(-z).pow(cfg.focal_gamma)
+        lam, ps = cfg.neg_scale, cfg.pos_scale
+        # Positive: BCE(s·z, 1), focal on sigmoid(s·z). Negative: BCE(λz, 0)/λ, focal on sigmoid(λz).
+        pos = self.pos_weight * F.softplus(-ps * z) * torch.sigmoid(-ps * z).pow(cfg.focal_gamma)
         neg = F.softplus(lam * z) / lam * torch.sigmoid(lam * z).pow(cfg.focal_gamma)
         loss = self.rebalance_weight(targets) * (targets * pos + (1.0 - targets) * neg)
-        return loss.mean()
+        return cfg.balance * loss.mean()
 
 
 class ASLLoss(nn.Module):
@@ -102,6 +110,8 @@ def make_loss(name: str, class_counts, n_images: int) -> nn.Module:
         return DBLoss(class_counts, n_images, head_weight=True)
     if name == "db":
         return DBLoss(class_counts, n_images, head_weight=False)
+    if name == "db-official":
+        return DBLoss(class_counts, n_images, head_weight=False, config=OFFICIAL_DB)
     if name == "asl":
         return ASLLoss(len(class_counts))
     if name == "bce":

@@ -1,5 +1,12 @@
 """HP-DVAL (DESIGN.md §6): a CLIP student scored against tag prompts in a global and a local view.
 
+Raw CLIP cosines carry a per-photo offset: some photos sit closer to every prompt than others, so
+ranking photos by one tag's raw cosine mixes "this photo shows a dog" with "this photo is close to
+all text". Each view's scores are therefore normalised per photo before the per-tag bias, over the
+tags plus one tag-free reference prompt ("a photo."), so a one-tag vocabulary stays meaningful:
+`center` subtracts their mean (shift-invariant, like CLIP's softmax over classes), `l2` divides by
+their L2 norm (the official HP-DVAL code), `none` keeps raw cosines (the paper).
+
 `score_images` is the one PyTorch definition of the inference graph; `export/` wraps it for ONNX, the
 trainer's validation goes through the same `dual_view_logits`, so training, export and runtime agree.
 """
@@ -13,9 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.backbone import LoadedClip
-from train.prompts import CTX_INIT, PromptLearner, TextEncoder, encode_prompts
+from train.prompts import CTX_INIT, NULL_PROMPT, PromptLearner, TextEncoder, encode_prompts, encode_text
 
 TOPK_FRACTION = 0.16  # k ≈ 16% of the patches: 32 of 196 (B/16), 8 of 49 (B/32)
+# How a view's per-tag scores are made comparable across photos before the per-tag bias (module doc).
+SCORE_NORMS = ("center", "l2", "none")
+MAX_LOGIT_SCALE = 100.0  # CLIP clamps its learned temperature here too
 
 
 @dataclass
@@ -23,7 +33,8 @@ class HPDVALConfig:
     alpha: float = 0.4  # weight of the global (CLS) view; 1 − alpha goes to the local (patch) view
     topk: int | None = None  # patches pooled per tag in the local view; None: 16% of the patches
     ctx_init: str = CTX_INIT  # the M = 4 context vectors start as this phrase's token embeddings
-    logit_scale_init: float = 20.0  # γ: logits are γ·s for cosine scores s in [−1, 1]
+    logit_scale_init: float | None = None  # γ (logits are γ·s); None: CLIP's own learned temperature
+    score_norm: str = "center"  # per-photo normalisation of each view's scores: center | l2 | none
 
 
 @dataclass
@@ -41,10 +52,12 @@ class ExportParts:
     alpha: float
     topk: int
     logit_scale: float  # γ
-    class_bias: torch.Tensor  # [C] υ, added to the logit before the sigmoid (zeros for bce/asl)
+    class_bias: torch.Tensor  # [C] added to the logit before the sigmoid: the loss's υ + the learned tag bias
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     image_size: int
+    score_norm: str = "none"
+    P_ref: torch.Tensor | None = None  # [R, D] reference prompts joining the per-photo normalisation
 
 
 def default_topk(n_patches: int) -> int:
@@ -74,17 +87,34 @@ def encode_image(visual: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor,
     return f_cls, f_patch, pooled
 
 
+def normalize_scores(scores: torch.Tensor, norm: str) -> torch.Tensor:
+    """[B, C + R] scores of the tags and the R reference prompts -> the tags' [B, C], normalised per photo."""
+    if norm == "center":
+        return scores - scores.mean(dim=-1, keepdim=True)
+    if norm == "l2":
+        return scores / scores.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    if norm == "none":
+        return scores
+    raise ValueError(f"score_norm must be one of {', '.join(SCORE_NORMS)}, not {norm!r}")
+
+
 def dual_view_logits(f_cls: torch.Tensor, f_patch: torch.Tensor, P_G: torch.Tensor, P_L: torch.Tensor,
-                     alpha: float, topk: int, logit_scale: torch.Tensor | float) -> torch.Tensor:
-    """z = γ·(α·s_G + (1−α)·s_L): s_G = f_cls·P_Gᵀ, s_L = mean of the top-k patches of f_patch·P_Lᵀ."""
-    s_global = f_cls @ P_G.t()
-    patch_scores = f_patch @ P_L.t()  # [B, N, C]
-    s_local = torch.topk(patch_scores, topk, dim=1).values.mean(dim=1)
+                     alpha: float, topk: int, logit_scale: torch.Tensor | float, score_norm: str = "none",
+                     P_ref: torch.Tensor | None = None) -> torch.Tensor:
+    """z = γ·(α·n(s_G) + (1−α)·n(s_L)): s_G = f_cls·P_Gᵀ, s_L = mean of the top-k patches of f_patch·P_Lᵀ,
+    n the per-photo normalisation over the tags and the reference prompts P_ref (which are then dropped)."""
+    n_tags = P_G.shape[0]
+    if P_ref is not None and score_norm != "none":
+        P_G = torch.cat([P_G, P_ref.to(P_G.dtype)])
+        P_L = torch.cat([P_L, P_ref.to(P_L.dtype)])
+    s_global = normalize_scores(f_cls @ P_G.t(), score_norm)[:, :n_tags]
+    patch_scores = f_patch @ P_L.t()  # [B, N, C + R]
+    s_local = normalize_scores(torch.topk(patch_scores, topk, dim=1).values.mean(dim=1), score_norm)[:, :n_tags]
     return logit_scale * (alpha * s_global + (1.0 - alpha) * s_local)
 
 
 class HPDVAL(nn.Module):
-    """Student/teacher visual towers, frozen text encoder, learnable contexts and γ, class bias υ."""
+    """Student/teacher visual towers, frozen text encoder, learnable contexts, γ and tag bias; class bias υ."""
 
     def __init__(self, clip: LoadedClip, labels: list[str], class_bias: torch.Tensor | None = None,
                  config: HPDVALConfig | None = None, teacher: bool = True):
@@ -105,14 +135,24 @@ class HPDVAL(nn.Module):
         n_patches = self.student.grid_size[0] * self.student.grid_size[1]
         self.topk = min(config.topk or default_topk(n_patches), n_patches)
         self.alpha = float(config.alpha)
-        self.logit_scale = nn.Parameter(torch.tensor(float(config.logit_scale_init)))
+        if config.score_norm not in SCORE_NORMS:
+            raise ValueError(f"score_norm must be one of {', '.join(SCORE_NORMS)}, not {config.score_norm!r}")
+        self.score_norm = config.score_norm
+        scale = config.logit_scale_init
+        if scale is None:
+            scale = min(float(clip.model.logit_scale.detach().exp()), MAX_LOGIT_SCALE)
+        self.logit_scale = nn.Parameter(torch.tensor(float(scale)))
         bias = torch.zeros(len(self.labels)) if class_bias is None else torch.as_tensor(class_bias).float()
         if bias.shape != (len(self.labels),):
             raise ValueError(f"class_bias must have one value per tag ({len(self.labels)}), got {tuple(bias.shape)}")
         self.register_buffer("class_bias", bias.clone())
+        # A learned per-tag offset on the logit: it absorbs each tag's prior, so the image tower is not
+        # pushed to make every photo look unlike rare tags. The trainer starts it at the tag's prior.
+        self.tag_bias = nn.Parameter(torch.zeros(len(self.labels)))
         with torch.no_grad():
             # P_H through the prompt path with the initial context == encode_text("a photo of a {tag}.")
             self.register_buffer("text_hand", encode_prompts(self.text, self.prompts, self.prompts.ctx_init))
+            self.register_buffer("text_null", encode_text(clip.model, clip.tokenizer, [NULL_PROMPT]))
 
     # -- text side ---------------------------------------------------------------------------------
     def text_features(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,27 +170,26 @@ class HPDVAL(nn.Module):
         return encode_image(self.student if tower == "student" else self.teacher, pixels)
 
     def logits(self, f_cls: torch.Tensor, f_patch: torch.Tensor, P_G: torch.Tensor, P_L: torch.Tensor) -> torch.Tensor:
-        return dual_view_logits(f_cls.float(), f_patch.float(), P_G.float(), P_L.float(),
-                                self.alpha, self.topk, self.logit_scale)
+        """Logits z [B, C] before the loss's class bias υ (the learned tag bias is in)."""
+        z = dual_view_logits(f_cls.float(), f_patch.float(), P_G.float(), P_L.float(), self.alpha, self.topk,
+                             self.logit_scale, self.score_norm, self.text_null)
+        return z + self.tag_bias
 
-    def forward(self, pixels: torch.Tensor, prompts: str = "learned") -> torch.Tensor:
-        """Logits z [B, C] (before υ) for normalized pixels; prompts "hand" uses P_H in both views."""
-        f_cls, f_patch, _ = self.encode(pixels)
-        P_G, P_L = (self.text_hand, self.text_hand) if prompts == "hand" else self.text_features()
-        return self.logits(f_cls, f_patch, P_G, P_L)
-
-    @torch.no_grad()
-    def scores(self, images_uint8_nhwc: torch.Tensor) -> torch.Tensor:
-        """Tag scores in [0, 1] for uint8 NHWC images: the runtime's output."""
-        return score_images(self.export_parts(), images_uint8_nhwc)
+    def init_tag_bias(self, class_counts, n_images: int) -> None:
+        """Start each tag's bias at its log prior odds (less υ), so sigmoid(z + υ) starts at the tag's
+        frequency; per-photo normalised scores average about zero over the tags."""
+        counts = torch.as_tensor(class_counts, dtype=torch.float64).clamp(0.5, max(n_images - 0.5, 0.5))
+        prior_logit = torch.log(counts / (n_images - counts).clamp_min(0.5))
+        with torch.no_grad():
+            self.tag_bias.copy_((prior_logit.float() - self.class_bias.cpu()).to(self.tag_bias.device))
 
     # -- stages --------------------------------------------------------------------------------------
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
-        """Stage 1 trains the student tower and γ; stage 2 only the two contexts."""
+        """Stage 1 trains the student tower, γ and the tag bias; stage 2 the two contexts and the tag bias."""
         if stage == 1:
-            return [*self.student.parameters(), self.logit_scale]
+            return [*self.student.parameters(), self.logit_scale, self.tag_bias]
         if stage == 2:
-            return [self.prompts.ctx_global, self.prompts.ctx_local]
+            return [self.prompts.ctx_global, self.prompts.ctx_local, self.tag_bias]
         raise ValueError(f"no stage {stage}")
 
     def set_stage(self, stage: int) -> list[nn.Parameter]:
@@ -171,16 +210,18 @@ class HPDVAL(nn.Module):
         return ExportParts(
             visual=self.student, P_G=P_G.detach().clone(), P_L=P_L.detach().clone(),
             alpha=self.alpha, topk=self.topk, logit_scale=float(self.logit_scale.detach()),
-            class_bias=self.class_bias.detach().clone(), mean=self.mean, std=self.std,
-            image_size=self.image_size,
+            class_bias=(self.class_bias + self.tag_bias).detach().clone(), mean=self.mean, std=self.std,
+            image_size=self.image_size, score_norm=self.score_norm, P_ref=self.text_null.detach().clone(),
         )
 
 
 def score_images(parts: ExportParts, images_uint8_nhwc: torch.Tensor) -> torch.Tensor:
-    """sigmoid(γ·(α·s_G + (1−α)·s_L) + υ) for uint8 [B, S, S, 3] RGB images -> float32 [B, C]."""
+    """sigmoid(γ·(α·n(s_G) + (1−α)·n(s_L)) + bias) for uint8 [B, S, S, 3] RGB images -> float32 [B, C]."""
     pixels = normalize_pixels(images_uint8_nhwc, parts.mean, parts.std)
     f_cls, f_patch, _ = encode_image(parts.visual, pixels)
     P_G = parts.P_G.to(f_cls.dtype)
     P_L = parts.P_L.to(f_cls.dtype)
-    logits = dual_view_logits(f_cls, f_patch, P_G, P_L, parts.alpha, parts.topk, parts.logit_scale)
+    P_ref = None if parts.P_ref is None else parts.P_ref.to(f_cls.dtype)
+    logits = dual_view_logits(f_cls, f_patch, P_G, P_L, parts.alpha, parts.topk, parts.logit_scale,
+                              parts.score_norm, P_ref)
     return torch.sigmoid(logits + parts.class_bias.to(logits.dtype))

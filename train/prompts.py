@@ -15,6 +15,7 @@ from torch import nn
 from tagger.labels import leaf
 
 CTX_INIT = "a photo of a"
+NULL_PROMPT = "a photo."  # names no tag: the reference every tag prompt is compared with
 
 
 def prompt_text(tag: str, ctx_init: str = CTX_INIT) -> str:
@@ -83,6 +84,13 @@ class PromptLearner(nn.Module):
         n = self.token_prefix.shape[0]
         return torch.cat([self.token_prefix, ctx.unsqueeze(0).expand(n, -1, -1).to(self.token_prefix.dtype),
                           self.token_suffix], dim=1)
+
+
+@torch.no_grad()
+def encode_text(clip: open_clip.CLIP, tokenizer, texts: list[str]) -> torch.Tensor:
+    """[T, D] L2-normalized CLIP text embeddings of plain texts."""
+    tokens = tokenizer(texts).to(next(clip.parameters()).device)
+    return F.normalize(clip.encode_text(tokens).float(), dim=-1)
 
 
 def encode_prompts(text: TextEncoder, prompts: PromptLearner, ctx: torch.Tensor) -> torch.Tensor:

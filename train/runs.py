@@ -31,7 +31,7 @@ METRICS = "metrics.json"
 BEST = "best.pt"
 LAST = "last.pt"
 CACHE_DIR = "cache"
-RUN_FORMAT = 1
+RUN_FORMAT = 2  # 2: per-photo score normalisation, learned tag bias, reference prompt
 
 
 class RunError(ModelError):
@@ -150,7 +150,7 @@ def rebuild_model(config: dict, labels: list[str]) -> HPDVAL:
     clip = LoadedClip(model=clip_model, tokenizer=tokenizer_for(spec["clip_config"]),
                       preprocess=Preprocess.from_dict(spec["preprocess"]), mean=tuple(spec["mean"]),
                       std=tuple(spec["std"]), name=config["train"]["backbone"], config=spec["clip_config"])
-    hp = HPDVALConfig(alpha=spec["alpha"], topk=spec["topk"], ctx_init=spec["ctx_init"])
+    hp = HPDVALConfig(alpha=spec["alpha"], topk=spec["topk"], ctx_init=spec["ctx_init"], score_norm=spec["score_norm"])
     return HPDVAL(clip, labels, class_bias=None, config=hp, teacher=False)
 
 

@@ -37,15 +37,12 @@ from tagger.cli import cli
 from tagger.images import load_image
 from tagger.labels import read_labels
 from train import runs
-from train.augment import augment
 from train.backbone import load_clip
 from train.data import collect_labels
 from train.losses import make_loss
 from train.metrics import map_summary
-from train.model import HPDVAL, HPDVALConfig, normalize_pixels, score_images, standardize
+from train.model import normalize_pixels, score_images
 from train.split import stratified_split
-from train.trainer import (TrainConfig, Trainer, _autocast, _batches, _epoch_rng, _optimizer, _run_config, evaluate,
-                           finish, pick_device, prepare_data, resolve_defaults)
 
 Log = Callable[[str], None]
 
@@ -69,7 +66,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("dval_hpt", "DVAL + HPT (stages 1+2, no SC)", "tagger", ("--stages", "1,2", "--no-sc")),
     Method("full", "HP-DVAL (DVAL + HPT + SC, DB*)", "tagger", ("--stages", "1,2")),
     Method("full_global", "HP-DVAL, global view only (α = 1)", "tagger", ("--stages", "1,2", "--alpha", "1")),
-    Method("joint", "joint training (not sequential)", "joint"),
     Method("loss_bce", "HP-DVAL with BCE", "tagger", ("--stages", "1,2", "--loss", "bce")),
     Method("loss_asl", "HP-DVAL with ASL", "tagger", ("--stages", "1,2", "--loss", "asl")),
     Method("loss_db", "HP-DVAL with DB", "tagger", ("--stages", "1,2", "--loss", "db")),
@@ -148,10 +144,6 @@ def run_method(method: Method, setting: Setting, backbone: str, pretrained: str,
             run_tagger_train(tagger_args(method, setting, backbone, pretrained, seed, out), out / "train.log")
         val = runs.read_json(out / runs.METRICS)["val"]
         scores = scores_of_run(out, test_pixels)
-    elif method.kind == "joint":
-        cfg = joint_config(setting, backbone, pretrained, seed, out)
-        metrics = train_joint(cfg, log=_file_log(out / "train.log"))
-        val, scores = metrics["val"], scores_of_run(out, test_pixels)
     elif method.kind == "zero_shot":
         clip = load_clip(backbone, pretrained)
         cosines = zero_shot_scores(clip, test_pixels, read_labels(setting.labels))
@@ -226,90 +218,3 @@ def linear_probe(setting: Setting, backbone: str, pretrained: str, seed: int, te
     runs.write_json(out / "linear_probe.json", {"val": val, "train_images": len(train_idx),
                                                 "val_images": len(val_idx), "decays": list(LINEAR_PROBE_DECAYS)})
     return val, scores
-
-
-# -- joint training ---------------------------------------------------------------------------------
-
-def joint_config(setting: Setting, backbone: str, pretrained: str, seed: int, out: Path) -> TrainConfig:
-    s = setting.schedule
-    return TrainConfig(labels=str(setting.labels), data=str(setting.data), out=str(out),
-                       annotations=str(setting.annotations), keywords=False, backbone=backbone,
-                       pretrained=pretrained, device="auto", stages=(1, 2), epochs=s.epochs,
-                       stage2_epochs=s.stage2_epochs, batch_size=s.batch_size, lr=s.lr, stage2_lr=s.stage2_lr,
-                       seed=seed, val_fraction=s.val_fraction, workers=2)
-
-
-class JointTrainer(Trainer):
-    """Stage 1's loop with stage 2's prompts learned at the same time (the paper's "joint" ablation)."""
-
-    def joint(self) -> None:
-        cfg, model, device = self.cfg, self.model, self.device
-        student = model.set_stage(1)
-        contexts = [model.prompts.ctx_global, model.prompts.ctx_local]
-        for p in contexts:
-            p.requires_grad_(True)
-        optimizer = _optimizer(student, cfg.lr, cfg.weight_decay)
-        optimizer.add_param_group({"params": contexts, "lr": cfg.stage2_lr, "weight_decay": 0.0})
-        steps = cfg.epochs * len(_batches(len(self.data.train_idx), cfg.batch_size, np.random.default_rng(0)))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps))
-        use_kd = cfg.kd and model.teacher is not None and cfg.kd_weight > 0
-        for epoch in range(1, cfg.epochs + 1):
-            rng, gen = _epoch_rng(cfg, 1, epoch)
-            model.train()
-            if model.teacher is not None:
-                model.teacher.eval()
-            started, total, count = time.perf_counter(), 0.0, 0
-            for batch in _batches(len(self.data.train_idx), cfg.batch_size, rng):
-                images = torch.from_numpy(self.data.cache.get(self.data.train_idx[batch])).to(device)
-                targets = self.train_targets[batch].to(device)
-                pixels = (standardize(augment(images, gen), model.mean, model.std) if cfg.augment
-                          else normalize_pixels(images, model.mean, model.std))
-                with _autocast(device):
-                    f_cls, f_patch, pooled = model.encode(pixels)
-                    P_G, P_L = model.text_features()
-                    loss = self.loss_fn(model.logits(f_cls, f_patch, P_G, P_L).float(), targets)
-                    if use_kd:
-                        with torch.no_grad():
-                            _, _, teacher_pooled = model.encode(pixels, tower="teacher")
-                        loss = loss + cfg.kd_weight * (pooled.float() - teacher_pooled.float()).abs().mean()
-                    if cfg.sc and cfg.sc_weight > 0:
-                        loss = loss + cfg.sc_weight * model.consistency_loss(P_G, P_L, cfg.sc_branch)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += float(loss.detach()) * len(batch)
-                count += len(batch)
-            seconds = time.perf_counter() - started
-            summary, _ = evaluate(model, self.data, device, max(cfg.batch_size, 64))
-            self._record(1, epoch, total / max(count, 1), summary, seconds, count)
-            improved = self._save(1, epoch, optimizer, scheduler, None, summary)
-            self._log_epoch(1, epoch, cfg.epochs, total / max(count, 1), summary, improved, seconds, count)
-
-
-def train_joint(cfg: TrainConfig, log: Log = print) -> dict:
-    """A run folder like `tagger train` leaves (loadable by load_run), trained jointly; its metrics."""
-    started = time.perf_counter()
-    cfg = resolve_defaults(cfg, log)
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    clip = load_clip(cfg.backbone, cfg.pretrained)
-    data = prepare_data(cfg, clip, run_dir, log, False)
-    loss_fn = make_loss(cfg.loss, data.targets[data.train_idx].sum(axis=0), len(data.train_idx)).to(device)
-    torch.manual_seed(cfg.seed)
-    model = HPDVAL(clip, data.labels, class_bias=loss_fn.class_bias.cpu(),
-                   config=HPDVALConfig(alpha=cfg.alpha, topk=cfg.topk), teacher=cfg.kd).to(device)
-    runs.write_json(run_dir / runs.CONFIG, _joint_run_config(cfg, clip, model))
-    runs.write_json(run_dir / runs.DATASET, data.dataset)
-    trainer = JointTrainer(cfg, model, loss_fn, data, device, run_dir, log, False)
-    trainer.before, _ = evaluate(model, data, device, max(cfg.batch_size, 64))
-    trainer.joint()
-    return finish(cfg, model, data, trainer, device, run_dir, time.perf_counter() - started)
-
-
-def _joint_run_config(cfg: TrainConfig, clip, model: HPDVAL) -> dict:
-    config = _run_config(cfg, clip, model, Path(cfg.labels).stem)
-    config["train"]["method"] = "joint"
-    return config

@@ -268,7 +268,7 @@ def _run(args) -> int:
     from train.backbone import default_pretrained, load_clip
     from train.model import score_images
     from train.runs import load_run
-    from train.trainer import pick_device
+    from train.config import pick_device
 
     data = load_lt(args)
     root, out = Path(args.root), Path(args.out)
@@ -309,8 +309,9 @@ def _run(args) -> int:
     run = load_run(run_dir)
     parts = run.parts
     parts.visual.to(device)
-    for name in ("P_G", "P_L", "class_bias"):
-        setattr(parts, name, getattr(parts, name).to(device))
+    for name in ("P_G", "P_L", "class_bias", "P_ref"):
+        if getattr(parts, name) is not None:
+            setattr(parts, name, getattr(parts, name).to(device))
 
     @torch.no_grad()
     def hp_dval(pixels):

@@ -15,22 +15,31 @@ from tagger.errors import TaggerError
 EXTRAS_HINT = 'training needs the training extras: pip install "tagger[train]"'
 
 
-# TrainConfig field -> the option that sets it, where the names differ.
-_OPTION_OF = {"keywords": "no_keywords", "kd": "no_kd", "sc": "no_sc", "augment": "no_augment"}
+# TrainConfig field -> the option that sets it, where the names differ (the flags say "no").
+_OPTION_OF = {"keywords": "no_keywords", "kd": "no_kd", "sc": "no_sc", "augment": "no_augment",
+              "wise_ft": "no_wise_ft"}
+# Kept in step with train.losses.LOSSES and train.model.SCORE_NORMS by tests (this module imports no torch).
+LOSS_CHOICES = ("bce", "dbstar", "db", "db-official", "asl")
+SCORE_NORM_CHOICES = ("center", "l2", "none")
 
 
-def _resumed_config(ctx: click.Context, cfg, saved: dict):
-    """The run's saved settings, except options given on this command line (checked by the trainer)."""
+def _settings(ctx: click.Context, field_names: list[str], saved: dict | None) -> dict:
+    """TrainConfig values: the options given on this command line, then (with --resume) the run's
+    saved settings. Anything else is left to TrainConfig's own defaults, their one home."""
     values = {}
-    for f in fields(cfg):
-        option = _OPTION_OF.get(f.name, f.name)
-        given = ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE
-        if not given and f.name in saved and f.name != "out":
-            values[f.name] = tuple(saved[f.name]) if f.name == "stages" else saved[f.name]
-    return replace(cfg, **values)
+    for name in field_names:
+        option = _OPTION_OF.get(name, name)
+        if option in ctx.params and ctx.get_parameter_source(option) == click.core.ParameterSource.COMMANDLINE:
+            value = ctx.params[option]
+            values[name] = (not value) if option != name else value
+        elif saved is not None and name in saved and name != "out":
+            values[name] = tuple(saved[name]) if name == "stages" else saved[name]
+    return values
 
 
-def _parse_stages(ctx, param, value: str) -> tuple[int, ...]:
+def _parse_stages(ctx, param, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
     try:
         stages = tuple(sorted({int(s) for s in value.split(",") if s.strip()}))
     except ValueError:
@@ -49,55 +58,55 @@ def _parse_stages(ctx, param, value: str) -> tuple[int, ...]:
               help="CSV rows `path,tag1;tag2`, paths relative to --data. Labels also come from sidecar "
                    "JSON \"labels\" and keywords in the photos.")
 @click.option("--no-keywords", is_flag=True, help="Do not read keywords stored in the photos (skips exiftool).")
-@click.option("--backbone", default="ViT-B-32", show_default=True, metavar="NAME|CONFIG.json",
-              help="open_clip ViT name, JSON model config, local-dir:DIR or hf-hub:ORG/REPO.")
+@click.option("--backbone", default=None, metavar="NAME|CONFIG.json",
+              help="open_clip ViT name, JSON model config, local-dir:DIR or hf-hub:ORG/REPO [default: ViT-B-32].")
 @click.option("--pretrained", default=None, metavar="TAG|PATH",
               help="open_clip weights tag, or a local checkpoint file; 'none' for random init "
                    "[default: the backbone's LAION-2B weights, laion2b_s34b_b79k for ViT-B-32; none for a "
                    "JSON config].")
 @click.option("--out", "out", default="runs/latest", show_default=True, type=click.Path(file_okay=False),
               metavar="RUN_DIR", help="Run folder: checkpoints, metrics.json, config.json.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-              help="auto uses CUDA (bf16 autocast) when PyTorch sees a GPU.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+              help="auto uses CUDA (bf16 autocast) when PyTorch sees a GPU [default: auto].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
-@click.option("--stages", default="1,2", show_default=True, callback=_parse_stages,
-              help="1: dual-view alignment of the image tower; 2: prompt tuning on frozen features.")
-@click.option("--epochs", type=click.IntRange(min=0), default=20, show_default=True, help="Stage 1 epochs.")
-@click.option("--stage2-epochs", type=click.IntRange(min=0), default=10, show_default=True, help="Stage 2 epochs.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--stages", default=None, callback=_parse_stages,
+              help="1: dual-view alignment of the image tower; 2: prompt tuning on frozen features [default: 1,2].")
+@click.option("--epochs", type=click.IntRange(min=0), default=None, help="Stage 1 epochs [default: 20].")
+@click.option("--stage2-epochs", type=click.IntRange(min=0), default=None, help="Stage 2 epochs [default: 10].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 32]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stage 1 learning rate (AdamW) [default: 1e-5 with pretrained weights (paper), "
                    "2e-3 from random init].")
-@click.option("--stage2-lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
-              help="Stage 2 learning rate (AdamW on the prompt contexts).")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Split, order and augmentation seed.")
-@click.option("--loss", type=click.Choice(["dbstar", "db", "asl", "bce"]), default="dbstar", show_default=True,
-              help="Classification loss (the others are ablation baselines).")
-@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
-              help="Weight of the global (CLS) view against the local (patch) view.")
+@click.option("--stage2-lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Stage 2 learning rate (AdamW on the prompt contexts and the tag bias) [default: 2e-3].")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="[default: 1e-4]")
+@click.option("--seed", type=int, default=None, help="Split, order and augmentation seed [default: 0].")
+@click.option("--loss", type=click.Choice(LOSS_CHOICES), default=None,
+              help="Classification loss [default: bce; the others are measured in docs/quality.md].")
+@click.option("--score-norm", type=click.Choice(SCORE_NORM_CHOICES), default=None,
+              help="Per-photo normalisation of each view's tag scores [default: center].")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Weight of the global (CLS) view against the local (patch) view [default: 0.4].")
 @click.option("--topk", type=click.IntRange(min=1), default=None,
               help="Patches pooled per tag in the local view [default: 16% of the patches].")
 @click.option("--no-kd", is_flag=True, help="Stage 1 without knowledge distillation from the frozen tower "
               "(always off from random init).")
 @click.option("--no-sc", is_flag=True, help="Stage 2 without the semantic consistency loss.")
-@click.option("--sc-branch", type=click.Choice(["global", "local"]), default="global", show_default=True,
-              help="Which learned prompts the consistency loss ties to the hand-crafted ones.")
-@click.option("--ema", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
-              help="EMA decay for the stage 1 student (0 off; 0.998 as the official code).")
-@click.option("--train-blocks", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Stage 1 trains only the last N transformer blocks (0: all).")
+@click.option("--sc-branch", type=click.Choice(["global", "local"]), default=None,
+              help="Which learned prompts the consistency loss ties to the hand-crafted ones [default: global].")
+@click.option("--no-wise-ft", is_flag=True, help="Do not try the stage 1 student mixed with the pretrained one.")
+@click.option("--ema", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
+              help="EMA decay for the stage 1 student [default: 0, off; 0.998 as the official code].")
+@click.option("--train-blocks", type=click.IntRange(min=0), default=None,
+              help="Stage 1 trains only the last N transformer blocks [default: 0, all].")
 @click.option("--no-augment", is_flag=True, help="No crop/flip/colour augmentation in stage 1.")
 @click.option("--drop-empty", is_flag=True, help="Drop tags with no positive photo instead of stopping.")
-@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.2,
-              show_default=True, help="Share of photos held out for validation.")
-@click.option("--workers", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Threads decoding photos into the cache.")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None,
+              help="Share of photos held out for validation [default: 0.2].")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads decoding photos into the cache [default: 4].")
 @click.option("--name", default=None, help="Model name [default: the labels file's name].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars (epoch summaries are still printed).")
-def train(labels, data, annotations, no_keywords, backbone, pretrained, out, device, resume, stages, epochs,
-          stage2_epochs, batch_size, lr, stage2_lr, weight_decay, seed, loss, alpha, topk, no_kd, no_sc,
-          sc_branch, ema, train_blocks, no_augment, drop_empty, val_fraction, workers, name, quiet) -> None:
+def train(labels, data, out, resume, quiet, **_options) -> None:
     """Fine-tune a tagger on photos you already tagged.
 
     Labels come from --annotations CSV, sidecar JSON "labels" and keywords in the photos. Prints the
@@ -124,21 +133,12 @@ def train(labels, data, annotations, no_keywords, backbone, pretrained, out, dev
             raise click.ClickException(f"--resume: {exc}") from None
     if saved is None and (not labels or not data):
         raise click.UsageError("--labels and --data are required (except with --resume)")
-    if pretrained is None:
-        pretrained = default_pretrained(backbone)
-    elif pretrained.lower() == "none":
-        pretrained = None
-
-    cfg = TrainConfig(
-        labels=labels, data=data, out=out, annotations=annotations, keywords=not no_keywords,
-        backbone=backbone, pretrained=pretrained, device=device, stages=stages, epochs=epochs,
-        stage2_epochs=stage2_epochs, batch_size=batch_size, lr=lr, stage2_lr=stage2_lr,
-        weight_decay=weight_decay, seed=seed, loss=loss, alpha=alpha, topk=topk, kd=not no_kd,
-        sc=not no_sc, sc_branch=sc_branch, ema=ema, train_blocks=train_blocks, augment=not no_augment,
-        drop_empty=drop_empty, val_fraction=val_fraction, workers=workers, name=name,
-    )
-    if saved is not None:
-        cfg = _resumed_config(click.get_current_context(), cfg, saved)
+    values = _settings(click.get_current_context(), [f.name for f in fields(TrainConfig)], saved)
+    if "pretrained" in values and values["pretrained"] is not None and values["pretrained"].lower() == "none":
+        values["pretrained"] = None
+    cfg = TrainConfig(**values | {"out": out})
+    if "pretrained" not in values:
+        cfg = replace(cfg, pretrained=default_pretrained(cfg.backbone))
     try:
         result = run_training(cfg, resume=resume, log=click.echo, progress=not quiet)
     except TaggerError as exc:

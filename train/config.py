@@ -1,0 +1,136 @@
+"""What a training run is asked to do: `TrainConfig`, its checks, and the defaults that depend on it.
+
+One home for every training default: the `tagger train` command passes only the options a user gave,
+so the values below are the ones that ship (their reasons are in docs/quality.md).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, replace
+from typing import Callable
+
+import torch
+
+from tagger.errors import TaggerError
+from train.losses import LOSSES
+from train.model import SCORE_NORMS
+
+Log = Callable[[str], None]
+
+DEVICES = ("auto", "cpu", "cuda")
+RANDOM_INIT_LR = 2e-3  # a randomly initialised tower learns nothing in 20 epochs at the paper's 1e-5
+PRETRAINED_LR = 1e-5  # the paper's and the official code's rate for CLIP ViT-B (width 768)
+REFERENCE_WIDTH = 768
+LR_RANGE = (1e-6, 3e-3)
+
+
+def pretrained_lr(width: int) -> float:
+    """Stage 1's rate for a pretrained tower of this width: the paper's 1e-5 at ViT-B's 768, scaled by
+    (768 / width)². Narrow towers need far larger steps to move: the quality benchmark's width-64
+    stand-in validated best between 1e-3 and 3e-3 (this gives 1.4e-3); ViT-L (1024) gets 5.6e-6."""
+    lr = PRETRAINED_LR * (REFERENCE_WIDTH / max(width, 1)) ** 2
+    return float(min(max(lr, LR_RANGE[0]), LR_RANGE[1]))
+
+
+class TrainError(TaggerError):
+    """Training cannot start or continue; the message says what to change."""
+
+
+@dataclass
+class TrainConfig:
+    labels: str  # mytags.txt
+    data: str  # folder of labelled photos
+    out: str = "runs/latest"  # run folder
+    annotations: str | None = None  # CSV `path,tag1;tag2`, paths relative to `data`
+    keywords: bool = True  # also read keywords stored in the photos (exiftool)
+    backbone: str = "ViT-B-32"  # open_clip model name or JSON config
+    pretrained: str | None = "laion2b_s34b_b79k"  # open_clip tag, checkpoint file, or None (random init)
+    device: str = "auto"  # auto | cpu | cuda
+    stages: tuple[int, ...] = (1, 2)
+    epochs: int = 20  # stage 1 (paper: 20)
+    stage2_epochs: int = 10
+    batch_size: int = 32  # paper: 32
+    lr: float | None = None  # stage 1 AdamW; None: `pretrained_lr(width)` (1e-5 for ViT-B), 2e-3 from random init
+    stage2_lr: float = 2e-3  # stage 2 AdamW on the contexts and the tag bias
+    weight_decay: float = 1e-4  # paper: 1e-4
+    seed: int = 0
+    loss: str = "bce"  # one of train.losses.LOSSES
+    score_norm: str = "center"  # per-photo normalisation of the scores: center | l2 | none (train.model)
+    alpha: float = 0.4  # global-view weight
+    topk: int | None = None  # local-view pooled patches; None: 16% of the patches
+    kd: bool = True  # L_kd in stage 1
+    kd_weight: float = 1.0
+    sc: bool = True  # L_sc in stage 2
+    sc_weight: float = 1.0
+    sc_branch: str = "global"  # which learned prompts L_sc ties to P_H: global (paper) | local (code)
+    wise_ft: bool = True  # after stage 1, also try the student mixed with the pretrained one (WiSE-FT)
+    ema: float = 0.0  # EMA decay of the student in stage 1 (0: off; the official code uses 0.998)
+    train_blocks: int = 0  # stage 1 trains only the last N transformer blocks (0: all)
+    augment: bool = True
+    drop_empty: bool = False  # drop tags with no positive photo instead of stopping
+    val_fraction: float = 0.2
+    workers: int = 4  # decoding threads
+    name: str | None = None  # model name; default: the labels file's stem
+
+
+def check_config(cfg: TrainConfig) -> None:
+    if cfg.loss not in LOSSES:
+        raise TrainError(None, f"--loss must be one of {', '.join(LOSSES)}")
+    if cfg.score_norm not in SCORE_NORMS:
+        raise TrainError(None, f"--score-norm must be one of {', '.join(SCORE_NORMS)}")
+    if not cfg.stages or any(s not in (1, 2) for s in cfg.stages):
+        raise TrainError(None, "--stages must be 1,2 or 1 or 2")
+    if cfg.sc_branch not in ("global", "local"):
+        raise TrainError(None, "--sc-branch must be global or local")
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise TrainError(None, "--alpha must be between 0 and 1")
+    if not 0.0 < cfg.val_fraction < 1.0:
+        raise TrainError(None, "--val-fraction must be between 0 and 1")
+    if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.stage2_epochs < 0:
+        raise TrainError(None, "--batch-size must be positive and epochs not negative")
+    if cfg.device not in DEVICES:
+        raise TrainError(None, f"--device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, not {cfg.device!r}")
+
+
+def resolve_defaults(cfg: TrainConfig, log: Log, width: int = REFERENCE_WIDTH) -> TrainConfig:
+    """Defaults that depend on the backbone: whether it has pretrained weights, and its width."""
+    changes = {}
+    if cfg.lr is None:
+        changes["lr"] = pretrained_lr(width) if cfg.pretrained else RANDOM_INIT_LR
+    if not cfg.pretrained and cfg.kd and 1 in cfg.stages:
+        # A random tower knows nothing to distil; L_kd would only pin the student to noise.
+        log("random init: no pretrained tower to distil from, L_kd off")
+        changes["kd"] = False
+    if not cfg.pretrained and cfg.wise_ft:
+        changes["wise_ft"] = False  # nothing worth keeping in a random tower
+    return replace(cfg, **changes) if changes else cfg
+
+
+# Settings --resume may change: where and how long it runs, not what it trains.
+RESUMABLE = {"device", "workers", "out", "epochs", "stage2_epochs"}
+
+
+def check_same_setup(saved: dict, cfg: TrainConfig) -> None:
+    """--resume must continue the same experiment; only where and how fast it runs may change."""
+    changed = [k for k, v in asdict(cfg).items() if k not in RESUMABLE and k in saved
+               and (list(v) if isinstance(v, tuple) else v) != saved[k]]
+    if changed:
+        raise TrainError(None, f"--resume: these settings differ from the run's config.json: {', '.join(changed)}; "
+                               "resume with the same settings or start a new --out")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainError(None, "--device cuda: no CUDA GPU is available to PyTorch (use --device cpu)")
+    if name not in DEVICES:
+        raise TrainError(None, f"--device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (DESIGN.md §5); full precision on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

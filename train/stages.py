@@ -1,0 +1,325 @@
+"""The two training stages of HP-DVAL and the checkpoints between them (DESIGN.md §6).
+
+Stage 1 (dual-view alignment) fine-tunes the student tower against the hand-crafted prompts, with
+L_kd pulling its CLS embedding toward the frozen teacher's, then tries the student mixed back toward
+the pretrained tower (WiSE-FT). Stage 2 (hierarchical prompt tuning) freezes the student, computes
+its features once, and learns the global and local contexts with L_sc. Every epoch, every mix and the
+untrained model are candidates: validation mAP picks `best.pt`, so training never hands over a model
+that validates worse than the one it started from.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from train import runs
+from train.augment import augment
+from train.config import Log, TrainConfig, TrainError, autocast
+from train.evaluate import evaluate, extract_features
+from train.model import HPDVAL, normalize_pixels, standardize
+from train.prepare import Prepared
+
+WISE_FT_MIXES = (0.25, 0.5, 0.75)  # weight of the fine-tuned student; 0 and 1 are candidates already
+
+
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    # No decay on gains, biases, γ or the tag bias: only on matrices.
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+
+
+def epoch_rng(seed: int, stage: int, epoch: int) -> tuple[np.random.Generator, torch.Generator]:
+    """The batch order and augmentation draws of one epoch, the same on every device and on resume."""
+    key = [seed, stage, epoch]
+    gen = torch.Generator().manual_seed(int(np.random.SeedSequence(key).generate_state(1)[0]))
+    return np.random.default_rng(key), gen
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled index batches; a last batch under a quarter of the size joins the one before it
+    (a batch of one photo gives a noisy step)."""
+    order = rng.permutation(n)
+    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if len(out) > 1 and len(out[-1]) < max(2, batch_size // 4):
+        last = out.pop()
+        out[-1] = np.concatenate([out[-1], last])
+    return out
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return len(batches(n, batch_size, np.random.default_rng(0)))
+
+
+def load_model_state(model: HPDVAL, state: dict) -> None:
+    """Load a checkpoint saved without the teacher into a model that may have one."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("teacher.")]
+    if missing or unexpected:
+        raise TrainError(None, f"checkpoint does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state, swapped in for evaluation."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, module: torch.nn.Module) -> None:
+        for k, v in module.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self, module: torch.nn.Module):
+        saved = {k: v.detach().clone() for k, v in module.state_dict().items() if k in self.shadow}
+        module.load_state_dict(self.shadow, strict=False)
+        try:
+            yield
+        finally:
+            module.load_state_dict(saved, strict=False)
+
+
+class Trainer:
+    """Runs the stages on one model and dataset, validating and checkpointing every candidate."""
+
+    def __init__(self, cfg: TrainConfig, model: HPDVAL, loss_fn: torch.nn.Module, data: Prepared,
+                 device: torch.device, run_dir: Path, log: Log, progress: bool):
+        self.cfg, self.model, self.loss_fn, self.data = cfg, model, loss_fn, data
+        self.device, self.run_dir, self.log, self.progress = device, run_dir, log, progress
+        self.history: list[dict] = []
+        self.best: dict = {"mAP": -math.inf, "stage": None, "epoch": None}
+        self.before: dict | None = None
+        self.state: dict = {"stage": 0, "epoch": 0}  # last completed (stage, epoch)
+        self.timings: dict = {}
+        self.train_targets = torch.from_numpy(data.targets[data.train_idx].astype(np.float32))
+        # The pretrained student, for WiSE-FT (kept on the CPU: one copy of the tower's weights).
+        self.pretrained_student = {k: v.detach().cpu().clone() for k, v in model.student.state_dict().items()}
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def _consider(self, stage: int, epoch: int, summary: dict, model_state: dict, **extra) -> bool:
+        """Keep `model_state` as best.pt when it validates better than every candidate so far."""
+        m = summary.get("mAP")
+        score = -math.inf if m is None else m
+        improved = score > self.best["mAP"] or self.best["stage"] is None
+        if improved:
+            self.best = {"mAP": score, "stage": stage, "epoch": epoch, **extra}
+            runs.save_checkpoint(self.run_dir / runs.BEST, {"model": model_state, "stage": stage, "epoch": epoch,
+                                                            "val": summary, **extra})
+        return improved
+
+    def start(self) -> None:
+        """Validate the untrained model: the first candidate for best.pt (stage 0)."""
+        self.before, _ = evaluate(self.model, self.data, self.device, self._eval_batch())
+        self._consider(0, 0, self.before, self.model.inference_state_dict())
+
+    def _save(self, stage: int, epoch: int, optimizer, scheduler, ema: EMA | None, summary: dict) -> bool:
+        model_state = self.model.inference_state_dict()
+        if ema is not None:  # the averaged student is the one validated and kept
+            model_state.update({f"student.{k}": v for k, v in ema.shadow.items()})
+        improved = self._consider(stage, epoch, summary, model_state)
+        self.state = {"stage": stage, "epoch": epoch}
+        runs.save_checkpoint(self.run_dir / runs.LAST, {
+            "model": model_state, "stage": stage, "epoch": epoch,
+            "optimizer": optimizer.state_dict() if optimizer else None,
+            "scheduler": scheduler.state_dict() if scheduler else None,
+            "ema": ema.shadow if ema else None,
+            "best": self.best, "history": self.history, "before": self.before,
+        })
+        return improved
+
+    def restore(self, payload: dict) -> dict:
+        load_model_state(self.model, payload["model"])
+        self.best, self.history, self.before = payload["best"], payload["history"], payload["before"]
+        self.state = {"stage": payload["stage"], "epoch": payload["epoch"]}
+        return payload
+
+    def _eval_batch(self) -> int:
+        return max(self.cfg.batch_size, 64)
+
+    def _log_epoch(self, stage: int, epoch, total: int, loss: float | None, summary: dict, improved: bool,
+                   seconds: float, images: int) -> None:
+        def fmt(v):
+            return "-" if v is None else f"{v:.1f}"
+        what = f"stage {stage} epoch {epoch}/{total}: loss {loss:.4f}" if loss is not None else f"stage {stage} {epoch}:"
+        self.log(f"{what}, val mAP {fmt(summary['mAP'])} "
+                 f"(head {fmt(summary['mAP_head'])} / medium {fmt(summary['mAP_medium'])} / "
+                 f"tail {fmt(summary['mAP_tail'])})"
+                 + (f", {images / max(seconds, 1e-9):.1f} img/s" if images else "")
+                 + (" *" if improved else ""))
+
+    def _record(self, stage, epoch, loss, summary, seconds, images, **extra):
+        row = {"stage": stage, "epoch": epoch, "loss": loss, "seconds": round(seconds, 3),
+               "images_per_s": round(images / max(seconds, 1e-9), 2), **extra}
+        row.update({k: v for k, v in summary.items() if k != "ap"})
+        self.history.append(row)
+
+    # -- stage 1 -------------------------------------------------------------------------------------
+    def stage1(self, resume: dict | None) -> None:
+        cfg, model, device = self.cfg, self.model, self.device
+        params = model.set_stage(1)
+        if cfg.train_blocks > 0:
+            params = self._last_blocks_only(cfg.train_blocks)
+        optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay)
+        total_steps = cfg.epochs * steps_per_epoch(len(self.data.train_idx), cfg.batch_size)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+        ema = EMA(model.student, cfg.ema) if cfg.ema > 0 else None
+        start = 1
+        if resume is not None and resume["stage"] == 1:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            if ema is not None and resume.get("ema"):
+                ema.shadow = resume["ema"]
+            start = resume["epoch"] + 1
+        use_kd = cfg.kd and model.teacher is not None and cfg.kd_weight > 0
+        for epoch in range(start, cfg.epochs + 1):
+            rng, gen = epoch_rng(cfg.seed, 1, epoch)
+            model.train()
+            if model.teacher is not None:
+                model.teacher.eval()
+            started, total, count = time.perf_counter(), 0.0, 0
+            bar = tqdm(batches(len(self.data.train_idx), cfg.batch_size, rng), desc=f"stage 1 epoch {epoch}/{cfg.epochs}",
+                       unit="batch", leave=False, disable=None if self.progress else True)
+            for batch in bar:
+                images = torch.from_numpy(self.data.cache.get(self.data.train_idx[batch]))
+                loss = self.stage1_step(images, self.train_targets[batch], gen, optimizer, use_kd)
+                scheduler.step()
+                if ema is not None:
+                    ema.update(model.student)
+                total += loss * len(batch)
+                count += len(batch)
+                bar.set_postfix(loss=f"{total / count:.4f}")
+            seconds = time.perf_counter() - started
+            with ema.applied(model.student) if ema is not None else contextlib.nullcontext():
+                summary, _ = evaluate(model, self.data, device, self._eval_batch())
+            self._record(1, epoch, total / max(count, 1), summary, seconds, count)
+            improved = self._save(1, epoch, optimizer, scheduler, ema, summary)
+            self._log_epoch(1, epoch, cfg.epochs, total / max(count, 1), summary, improved, seconds, count)
+        if ema is not None:  # stage 2 and the mixes start from the averaged student
+            model.student.load_state_dict(ema.shadow, strict=False)
+        if cfg.wise_ft and cfg.epochs > 0:
+            self.wise_ft()
+
+    def stage1_loss(self, pixels: torch.Tensor, targets: torch.Tensor, use_kd: bool) -> dict[str, torch.Tensor]:
+        """The stage 1 loss terms on normalized pixels: L_cls against P_H in both views, and L_kd."""
+        model = self.model
+        f_cls, f_patch, pooled = model.encode(pixels)
+        logits = model.logits(f_cls, f_patch, model.text_hand, model.text_hand)
+        terms = {"cls": self.loss_fn(logits.float(), targets)}
+        if use_kd:
+            with torch.no_grad():
+                _, _, teacher_pooled = model.encode(pixels, tower="teacher")
+            terms["kd"] = self.cfg.kd_weight * (pooled.float() - teacher_pooled.float()).abs().mean()
+        return terms
+
+    def stage1_step(self, images: torch.Tensor, targets: torch.Tensor, gen: torch.Generator,
+                    optimizer: torch.optim.Optimizer, use_kd: bool) -> float:
+        """One stage 1 update on a uint8 [B, S, S, 3] batch; returns the loss."""
+        cfg, model, device = self.cfg, self.model, self.device
+        images, targets = images.to(device), targets.to(device)
+        if cfg.augment:
+            pixels = standardize(augment(images, gen), model.mean, model.std)
+        else:
+            pixels = normalize_pixels(images, model.mean, model.std)
+        with autocast(device):
+            loss = sum(self.stage1_loss(pixels, targets, use_kd).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    def _last_blocks_only(self, n: int) -> list[torch.nn.Parameter]:
+        student = self.model.student
+        student.requires_grad_(False)
+        blocks = student.transformer.resblocks
+        keep = [*blocks[max(0, len(blocks) - n):].parameters(), *student.ln_post.parameters(), student.proj]
+        for p in keep:
+            p.requires_grad_(True)
+        return [*keep, self.model.logit_scale, self.model.tag_bias]
+
+    @torch.no_grad()
+    def wise_ft(self) -> None:
+        """WiSE-FT (Wortsman et al. 2022): θ = (1 − w)·θ_pretrained + w·θ_fine-tuned, each w a candidate.
+
+        Mixing keeps what the pretrained tower knew about tags the few training photos say little
+        about; validation picks w (w = 0 is the untrained candidate, w = 1 the last epoch). The
+        student is left at the fine-tuned weights; stage 2 starts from best.pt.
+        """
+        student = self.model.student
+        tuned = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        try:
+            for w in WISE_FT_MIXES:
+                mixed = {k: torch.lerp(self.pretrained_student[k].to(v.device, v.dtype), v, w)
+                         if v.is_floating_point() else v for k, v in tuned.items()}
+                student.load_state_dict(mixed)
+                started = time.perf_counter()
+                summary, _ = evaluate(self.model, self.data, self.device, self._eval_batch())
+                improved = self._consider(1, self.cfg.epochs, summary, self.model.inference_state_dict(), wise_ft=w)
+                self._record(1, self.cfg.epochs, None, summary, time.perf_counter() - started, 0, wise_ft=w)
+                self._log_epoch(1, f"WiSE-FT mix {w:g}", self.cfg.epochs, None, summary, improved, 0.0, 0)
+        finally:
+            student.load_state_dict(tuned)
+
+    # -- stage 2 -------------------------------------------------------------------------------------
+    def stage2(self, resume: dict | None) -> None:
+        cfg, model, device = self.cfg, self.model, self.device
+        start = resume["epoch"] + 1 if resume is not None and resume["stage"] == 2 else 1
+        if start > cfg.stage2_epochs:
+            return
+        batch = self._eval_batch()
+        self.log("stage 2: computing the frozen student's features once")
+        started = time.perf_counter()
+        train_features = extract_features(model, self.data.cache, self.data.train_idx, batch, device)
+        val_features = extract_features(model, self.data.cache, self.data.val_idx, batch, device)
+        n_photos, seconds = len(self.data.train_idx) + len(self.data.val_idx), time.perf_counter() - started
+        self.timings["stage2_features_images_per_s"] = round(n_photos / max(seconds, 1e-9), 2)
+        self.log(f"stage 2: features of {n_photos} photos in {seconds:.1f}s")
+        params = model.set_stage(2)
+        optimizer = make_optimizer(params, cfg.stage2_lr, 0.0)
+        total_steps = cfg.stage2_epochs * steps_per_epoch(len(self.data.train_idx), cfg.batch_size)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+        if start > 1:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+        f_cls_all, f_patch_all = train_features
+        for epoch in range(start, cfg.stage2_epochs + 1):
+            rng, _ = epoch_rng(cfg.seed, 2, epoch)
+            model.train()
+            started, total, count = time.perf_counter(), 0.0, 0
+            bar = tqdm(batches(len(self.data.train_idx), cfg.batch_size, rng), desc=f"stage 2 epoch {epoch}/{cfg.stage2_epochs}",
+                       unit="batch", leave=False, disable=None if self.progress else True)
+            for idx in bar:
+                targets = self.train_targets[idx].to(device)
+                with autocast(device):
+                    loss = sum(self.stage2_loss(f_cls_all[idx].to(device), f_patch_all[idx].to(device), targets).values())
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+                bar.set_postfix(loss=f"{total / count:.4f}")
+            seconds = time.perf_counter() - started
+            summary, _ = evaluate(model, self.data, device, batch, features=val_features)
+            self._record(2, epoch, total / max(count, 1), summary, seconds, count)
+            improved = self._save(2, epoch, optimizer, scheduler, None, summary)
+            self._log_epoch(2, epoch, cfg.stage2_epochs, total / max(count, 1), summary, improved, seconds, count)
+
+    def stage2_loss(self, f_cls: torch.Tensor, f_patch: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The stage 2 loss terms on cached features: L_cls with the learned prompts (P_G global, P_L
+        local), and L_sc tying the configured branch to the hand-crafted prompts."""
+        cfg, model = self.cfg, self.model
+        P_G, P_L = model.text_features()
+        terms = {"cls": self.loss_fn(model.logits(f_cls, f_patch, P_G, P_L).float(), targets)}
+        if cfg.sc and cfg.sc_weight > 0:
+            terms["sc"] = cfg.sc_weight * model.consistency_loss(P_G, P_L, cfg.sc_branch)
+        return terms
