@@ -16,8 +16,8 @@ import torch
 
 from train import runs
 from train.backbone import LoadedClip, load_clip
-from train.config import (Log, TrainConfig, TrainError, check_config, check_same_setup, pick_device,
-                          resolve_defaults)
+from train.config import (Log, TrainConfig, TrainError, check_config, check_same_setup, data_defaults,
+                          pick_device, resolve_defaults)
 from train.evaluate import evaluate
 from train.losses import make_loss
 from train.metrics import calibrate_thresholds, f1_summary, frequency_group
@@ -64,6 +64,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: Log = print, progress: bo
     """Run (or continue) training into `cfg.out` and return the final validation metrics."""
     started = time.perf_counter()
     check_config(cfg)
+    cfg = resolve_defaults(cfg, log)
     run_dir = Path(cfg.out)
     saved_config = saved_dataset = None
     if resume:
@@ -79,14 +80,14 @@ def train(cfg: TrainConfig, resume: bool = False, log: Log = print, progress: bo
     device = pick_device(cfg.device)
     log(f"backbone {cfg.backbone} ({cfg.pretrained or 'random init'}) on {device.type}"
         + (" with bf16 autocast" if device.type == "cuda" else ""))
-    clip = load_clip(cfg.backbone, cfg.pretrained, device="cpu")
-    cfg = resolve_defaults(cfg, log, clip.model.visual.transformer.width)
     if saved_config is not None:
         check_same_setup(saved_config["train"], cfg)
-    log(f"settings: loss {cfg.loss}, scores {cfg.score_norm}, stage 1 lr {cfg.lr:g} for {cfg.epochs} epochs"
-        + (" + WiSE-FT mixes" if cfg.wise_ft else "") + f", stage 2 lr {cfg.stage2_lr:g} for {cfg.stage2_epochs} "
-        f"epochs, batch {cfg.batch_size}, stages {','.join(map(str, cfg.stages))}")
+    clip = load_clip(cfg.backbone, cfg.pretrained, device="cpu")
     data = prepare_data(cfg, clip, run_dir, log, progress, saved_dataset)
+    cfg = data_defaults(cfg, len(data.train_idx), clip.model.visual.transformer.width, log)
+    log(f"training: loss {cfg.loss}, scores {cfg.score_norm}, alpha {cfg.alpha:g}, stage 1 lr {cfg.lr:.3g} for "
+        f"{cfg.epochs} epochs" + (" + WiSE-FT mixes" if cfg.wise_ft else "") + f", stage 2 lr {cfg.stage2_lr:g} for "
+        f"{cfg.stage2_epochs} epochs, batch {cfg.batch_size}, stages {','.join(map(str, cfg.stages))}")
     model, loss_fn = build_model(cfg, clip, data, device)
     name = cfg.name or Path(cfg.labels).stem
     if saved_config is None:

@@ -1,15 +1,14 @@
 """The methods the quality benchmark compares, each producing a run folder or test scores.
 
-Most methods are `tagger train` itself with different options (run through its CLI, in process):
+Most methods are `tagger train` itself, run through its CLI in process: the default (no option at
+all: what a user gets), baselines made from its options, and ablations that switch one part of the
+default off or back to the paper's or the official code's choice:
 
-    CoOp            --stages 2 --alpha 1 --no-sc: one learned context (the global one; with α = 1 the
-                    local context gets no gradient) on the frozen pretrained tower: CoOp's prompt tuning
-    HPT only        --stages 2: both contexts, dual view, L_sc, on the frozen pretrained tower
-    DVAL            --stages 1: stage 1 only, hand-crafted prompts
-    DVAL+HPT        --stages 1,2 --no-sc
-    HP-DVAL         --stages 1,2 (L_kd, L_sc, DB*): the full method
-    global only     --stages 1,2 --alpha 1: the full method without the local (patch) view
-    BCE / ASL / DB  the full method with --loss bce|asl|db
+    default         tagger train, nothing else
+    CoOp            --stages 2 --no-sc: prompt tuning (one learned context; α = 1) on the frozen tower
+    plain FT        --stages 1 --no-kd --no-wise-ft --score-norm none: the image tower fine-tuned with
+                    BCE against the hand prompts on raw cosines, no distillation, no mixing back
+    ablations       one option each (see ABLATIONS)
 
 The others have no `tagger train` option and are built here from train/'s own model, losses and metrics:
 
@@ -18,15 +17,12 @@ The others have no `tagger train` option and are built here from train/'s own mo
     zero-shot (cos) the raw cosines, per tag: what a per-tag sigmoid on CLIP would rank by
     linear probe    logistic regression (BCE) on the frozen pretrained CLS embedding, weight decay
                     picked on validation
-    joint           stage 1 and stage 2 at once: student, γ and both contexts trained together with
-                    L_cls(learned prompts) + L_kd + L_sc, same epochs and learning rates as the stages
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -44,9 +40,6 @@ from train.metrics import map_summary
 from train.model import normalize_pixels, score_images
 from train.split import stratified_split
 
-Log = Callable[[str], None]
-
-
 @dataclass(frozen=True)
 class Method:
     name: str  # id used in folders and results
@@ -56,32 +49,48 @@ class Method:
     seeded: bool = True  # False: the result does not depend on the seed (run once)
 
 
+BASELINES = ("zero_shot", "zero_shot_cos", "linear_probe", "coop", "plain_ft")
+ABLATIONS = ("local_view", "no_kd", "no_stage2", "no_sc", "no_wise_ft", "raw_cosine", "l2_scores", "loss_dbstar",
+             "loss_db_official", "loss_asl")
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("zero_shot", "zero-shot CLIP (softmax over tags)", "zero_shot", ("softmax",), seeded=False),
     Method("zero_shot_cos", "zero-shot CLIP (raw cosine)", "zero_shot", ("cosine",), seeded=False),
     Method("linear_probe", "linear probe", "linear_probe"),
-    Method("coop", "CoOp (prompt tuning only)", "tagger", ("--stages", "2", "--alpha", "1", "--no-sc")),
-    Method("hpt", "HPT only (stage 2, no DVAL)", "tagger", ("--stages", "2",)),
-    Method("dval", "DVAL (stage 1)", "tagger", ("--stages", "1",)),
-    Method("dval_hpt", "DVAL + HPT (stages 1+2, no SC)", "tagger", ("--stages", "1,2", "--no-sc")),
-    Method("full", "HP-DVAL (DVAL + HPT + SC, DB*)", "tagger", ("--stages", "1,2")),
-    Method("full_global", "HP-DVAL, global view only (α = 1)", "tagger", ("--stages", "1,2", "--alpha", "1")),
-    Method("loss_bce", "HP-DVAL with BCE", "tagger", ("--stages", "1,2", "--loss", "bce")),
-    Method("loss_asl", "HP-DVAL with ASL", "tagger", ("--stages", "1,2", "--loss", "asl")),
-    Method("loss_db", "HP-DVAL with DB", "tagger", ("--stages", "1,2", "--loss", "db")),
+    Method("coop", "CoOp (prompt tuning only)", "tagger", ("--stages", "2", "--no-sc")),
+    Method("plain_ft", "plain fine-tuning (BCE, raw cosine)", "tagger",
+           ("--stages", "1", "--no-kd", "--no-wise-ft", "--score-norm", "none")),
+    Method("default", "**tagger train (default)**", "tagger", ()),
+    Method("local_view", "+ local view (α = 0.4, paper)", "tagger", ("--alpha", "0.4")),
+    Method("no_kd", "− L_kd", "tagger", ("--no-kd",)),
+    Method("no_stage2", "− stage 2 (prompt tuning)", "tagger", ("--stages", "1")),
+    Method("no_sc", "− L_sc", "tagger", ("--no-sc",)),
+    Method("no_wise_ft", "− WiSE-FT mixes", "tagger", ("--no-wise-ft",)),
+    Method("raw_cosine", "raw cosine scores (paper)", "tagger", ("--score-norm", "none")),
+    Method("l2_scores", "L2-normalised scores (official code)", "tagger", ("--score-norm", "l2")),
+    Method("loss_dbstar", "DB* loss (paper)", "tagger", ("--loss", "dbstar")),
+    Method("loss_db_official", "DB loss as the official code", "tagger", ("--loss", "db-official")),
+    Method("loss_asl", "ASL loss", "tagger", ("--loss", "asl")),
 )}
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """Training lengths and rates shared by every method of one setting (chosen on validation only)."""
+    """Options a setting passes to every `tagger train` it runs; None leaves the trainer's own default
+    (the full benchmark leaves them all, so it measures what users get; quick runs shorten them)."""
 
-    epochs: int = 10  # stage 1 (and joint)
-    stage2_epochs: int = 10
-    lr: float = 1e-4  # stage 1 student
-    stage2_lr: float = 2e-3  # contexts
-    batch_size: int = 32
     val_fraction: float = 0.2
+    epochs: int | None = None
+    stage2_epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+
+    def args(self) -> list[str]:
+        out = ["--val-fraction", str(self.val_fraction)]
+        for option, value in (("--epochs", self.epochs), ("--stage2-epochs", self.stage2_epochs),
+                              ("--batch-size", self.batch_size), ("--lr", self.lr)):
+            if value is not None:
+                out += [option, str(value)]
+        return out
 
 
 @dataclass
@@ -104,13 +113,10 @@ class Outcome:
 
 
 def tagger_args(method: Method, setting: Setting, backbone: str, pretrained: str, seed: int, out: Path) -> list[str]:
-    s = setting.schedule
     return ["train", "--labels", str(setting.labels), "--data", str(setting.data),
             "--annotations", str(setting.annotations), "--no-keywords", "--backbone", backbone,
             "--pretrained", pretrained, "--out", str(out), "--device", "auto", "--seed", str(seed),
-            "--epochs", str(s.epochs), "--stage2-epochs", str(s.stage2_epochs), "--lr", str(s.lr),
-            "--stage2-lr", str(s.stage2_lr), "--batch-size", str(s.batch_size),
-            "--val-fraction", str(s.val_fraction), "--workers", "2", "--quiet", *method.args]
+            *setting.schedule.args(), "--workers", "2", "--quiet", *method.args]
 
 
 def run_tagger_train(args: list[str], log_file: Path) -> None:
@@ -140,7 +146,7 @@ def run_method(method: Method, setting: Setting, backbone: str, pretrained: str,
                test_pixels: np.ndarray) -> Outcome:
     started = time.perf_counter()
     if method.kind == "tagger":
-        if not (out / runs.METRICS).is_file():  # a finished run handed over (the learning-rate selection's)
+        if not (out / runs.METRICS).is_file():
             run_tagger_train(tagger_args(method, setting, backbone, pretrained, seed, out), out / "train.log")
         val = runs.read_json(out / runs.METRICS)["val"]
         scores = scores_of_run(out, test_pixels)
@@ -154,16 +160,6 @@ def run_method(method: Method, setting: Setting, backbone: str, pretrained: str,
     else:
         raise ValueError(f"unknown method kind {method.kind!r}")
     return Outcome(out, scores, val, time.perf_counter() - started)
-
-
-def _file_log(path: Path) -> Log:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("", encoding="utf-8")
-
-    def log(line: str) -> None:
-        with open(path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
-    return log
 
 
 # -- linear probe -----------------------------------------------------------------------------------
