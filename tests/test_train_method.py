@@ -1,0 +1,220 @@
+"""Each part of the method does what it says: loss terms equal their hand-summed definitions, the views
+and prompts go where they belong, validation scores are the exported scores, the untrained model and
+the best stage 1 student are where selection says they are. Each test names the breakage it catches."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+
+from tagger.cli import cli  # noqa: E402
+from train.backbone import load_clip  # noqa: E402
+from train.config import TrainConfig  # noqa: E402
+from train.losses import make_loss  # noqa: E402
+from train.model import HPDVAL, HPDVALConfig, dual_view_logits  # noqa: E402
+from train.prepare import Prepared  # noqa: E402
+from train.runs import load_checkpoint, load_run  # noqa: E402
+from train.stages import Trainer  # noqa: E402
+from train.synthetic import generate_dataset  # noqa: E402
+
+TINY = str(Path(__file__).resolve().parents[1] / "train" / "model_configs" / "tagger-tiny.json")
+TAGS = ["dog", "Animals|Cat", "red ball"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    torch.save(load_clip(TINY, None).model.state_dict(), path)
+    return path
+
+
+def _trainer(checkpoint, tmp_path, **cfg) -> Trainer:
+    clip = load_clip(TINY, str(checkpoint))
+    settings = TrainConfig(labels="x", data="x", backbone=TINY, pretrained=str(checkpoint), **cfg)
+    loss_fn = make_loss(settings.loss, [6, 2, 1], 8)
+    model = HPDVAL(clip, TAGS, class_bias=loss_fn.class_bias, teacher=True,
+                   config=HPDVALConfig(alpha=settings.alpha, score_norm=settings.score_norm))
+    targets = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0], [1, 0, 0], [1, 0, 1], [0, 1, 0], [1, 0, 0], [1, 0, 0]],
+                       np.uint8)
+    data = Prepared(TAGS, None, targets, np.arange(8), np.arange(0), {})
+    return Trainer(settings, model, loss_fn, data, torch.device("cpu"), tmp_path, lambda line: None, False)
+
+
+def _pixels(n=4, seed=0):
+    return torch.randn(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_stage1_loss_is_cls_against_hand_prompts_plus_kd(checkpoint, tmp_path):
+    # Catches: L_kd zeroed or dropped, L_cls scored against learned instead of hand prompts.
+    trainer = _trainer(checkpoint, tmp_path, alpha=0.5)
+    model = trainer.model
+    with torch.no_grad():  # the student drifts from the teacher, as after some training
+        for p in model.student.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+        model.prompts.ctx_global.add_(1.0)  # learned prompts must not be what stage 1 scores against
+    pixels, targets = _pixels(), torch.tensor([[1., 0., 0.], [0., 1., 1.], [1., 1., 0.], [0., 0., 1.]])
+    terms = trainer.stage1_loss(pixels, targets, use_kd=True)
+    with torch.no_grad():
+        f_cls, f_patch, pooled = model.encode(pixels)
+        _, _, teacher_pooled = model.encode(pixels, tower="teacher")
+        hand = model.text_hand
+        z = dual_view_logits(f_cls, f_patch, hand, hand, 0.5, model.topk, model.logit_scale, "center",
+                             model.text_null) + model.tag_bias
+    assert set(terms) == {"cls", "kd"}
+    assert torch.allclose(terms["cls"], trainer.loss_fn(z, targets), atol=1e-6)
+    kd = (pooled - teacher_pooled).abs().mean()
+    assert kd > 1e-3 and torch.allclose(terms["kd"], kd, atol=1e-6)
+    assert "kd" not in trainer.stage1_loss(pixels, targets, use_kd=False)
+
+
+def test_stage2_loss_scores_global_view_with_global_prompts_and_ties_the_configured_branch(checkpoint, tmp_path):
+    # Catches: global and local prompts swapped, L_sc dropped or tied to the wrong branch.
+    for branch in ("global", "local"):
+        trainer = _trainer(checkpoint, tmp_path, alpha=0.5, sc_branch=branch)
+        model = trainer.model
+        with torch.no_grad():
+            model.prompts.ctx_global.add_(torch.randn(model.prompts.ctx_global.shape, generator=torch.Generator().manual_seed(2)))
+            model.prompts.ctx_local.add_(torch.randn(model.prompts.ctx_local.shape, generator=torch.Generator().manual_seed(3)))
+            f_cls, f_patch, _ = model.encode(_pixels())
+        targets = torch.tensor([[1., 0., 0.], [0., 1., 1.], [1., 1., 0.], [0., 0., 1.]])
+        terms = trainer.stage2_loss(f_cls, f_patch, targets)
+        with torch.no_grad():
+            P_G, P_L = model.text_features()
+            z = dual_view_logits(f_cls, f_patch, P_G, P_L, 0.5, model.topk, model.logit_scale, "center",
+                                 model.text_null) + model.tag_bias
+            swapped = dual_view_logits(f_cls, f_patch, P_L, P_G, 0.5, model.topk, model.logit_scale, "center",
+                                       model.text_null) + model.tag_bias
+            tied = P_G if branch == "global" else P_L
+        assert torch.allclose(terms["cls"], trainer.loss_fn(z, targets), atol=1e-6)
+        assert not torch.allclose(terms["cls"], trainer.loss_fn(swapped, targets), atol=1e-4)
+        assert torch.allclose(terms["sc"], (tied - model.text_hand).abs().mean(), atol=1e-6)
+
+
+def test_one_stage1_step_moves_the_student_gamma_and_tag_bias_only(checkpoint, tmp_path):
+    trainer = _trainer(checkpoint, tmp_path)
+    model = trainer.model
+    params = model.set_stage(1)
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    trainer.stage1_step(images, torch.tensor([[1., 0., 0.], [0., 1., 1.], [1., 1., 0.], [0., 0., 1.]]),
+                        torch.Generator().manual_seed(5), optimizer, use_kd=True)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert "tag_bias" in changed and "logit_scale" in changed and "student.proj" in changed
+    assert all(k.startswith("student.") or k in ("tag_bias", "logit_scale") for k in changed)
+
+
+def _train(synthetic, out, *args):
+    result = CliRunner().invoke(cli, [
+        "train", "--labels", str(synthetic.labels_file), "--data", str(synthetic.train_dir),
+        "--annotations", str(synthetic.train_csv), "--backbone", TINY, "--out", str(out), "--no-keywords",
+        "--drop-empty", "-q", "--batch-size", "16", *map(str, args)])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("syn") / "data", n_train=80, n_test=0, seed=3)
+
+
+@pytest.mark.slow
+def test_validation_scores_are_the_exported_scores_with_the_class_bias(synthetic, checkpoint, tmp_path):
+    # Catches: the class bias υ (DB losses) or the tag bias dropped from validation scores: per-tag AP
+    # would not notice, the calibrated thresholds would be wrong for the exported model.
+    out = tmp_path / "run"
+    _train(synthetic, out, "--pretrained", checkpoint, "--loss", "dbstar", "--epochs", 2, "--stage2-epochs", 1)
+    run = load_run(out)
+    assert float(run.parts.class_bias.abs().max()) > 0.05
+    from train.metrics import calibrate_thresholds
+    from train.model import score_images
+    with torch.no_grad():
+        scores = score_images(run.parts, torch.from_numpy(run.validation_images())).numpy()
+    index = {t: i for i, t in enumerate(run.labels)}
+    targets = np.zeros((len(run.dataset["val"]), len(run.labels)))
+    for row, entry in enumerate(run.dataset["val"]):
+        targets[row, [index[t] for t in entry["tags"]]] = 1
+    thresholds, _ = calibrate_thresholds(scores, targets)
+    assert np.allclose(thresholds, run.thresholds, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_stage2_starts_from_the_best_stage1_student(synthetic, checkpoint, tmp_path):
+    # Catches: stage 2 tuning prompts for the last (not the best) stage 1 student, or for the pretrained one.
+    _train(synthetic, tmp_path / "s1", "--pretrained", checkpoint, "--stages", "1", "--epochs", 3, "--lr", "3e-3")
+    _train(synthetic, tmp_path / "s12", "--pretrained", checkpoint, "--epochs", 3, "--stage2-epochs", 2, "--lr", "3e-3")
+    stage1_best = load_checkpoint(tmp_path / "s1" / "best.pt")
+    final = load_checkpoint(tmp_path / "s12" / "last.pt")
+    assert final["stage"] == 2
+    for key, value in stage1_best["model"].items():
+        if key.startswith("student."):
+            assert torch.allclose(value, final["model"][key], atol=1e-6), key
+
+
+@pytest.mark.slow
+def test_selection_returns_the_untrained_model_when_training_only_hurts(synthetic, checkpoint, tmp_path):
+    # Catches: the untrained model left out of selection (a trained model must validate better to win).
+    trainer = _trainer(checkpoint, tmp_path / "unit")
+    (tmp_path / "unit").mkdir()
+    assert trainer._consider(0, 0, {"mAP": 50.0}, {"w": torch.zeros(1)})
+    assert not trainer._consider(1, 1, {"mAP": 49.0}, {"w": torch.ones(1)})
+    assert not trainer._consider(1, 2, {"mAP": 50.0}, {"w": torch.ones(1)})  # a tie keeps the untrained model
+    assert load_checkpoint(tmp_path / "unit" / "best.pt")["stage"] == 0
+
+    # End to end: a rate too small to change any ranking; the run hands over the untrained tower itself.
+    out = tmp_path / "run"
+    result = _train(synthetic, out, "--pretrained", checkpoint, "--stages", "1", "--epochs", 2, "--lr", "1e-12",
+                    "--no-wise-ft")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best"] == {"stage": 0, "epoch": 0}
+    assert metrics["val"]["mAP"] == pytest.approx(metrics["before_training"]["mAP"])
+    assert "the untrained model" in result.output
+    run = load_run(out)
+    pretrained = load_clip(TINY, str(checkpoint)).model.visual.state_dict()
+    for key, value in pretrained.items():
+        assert torch.equal(run.parts.visual.state_dict()[key], value), key
+
+
+@pytest.mark.slow
+def test_wise_ft_mixes_are_candidates_between_the_pretrained_and_the_tuned_student(synthetic, checkpoint, tmp_path):
+    out = tmp_path / "run"
+    result = _train(synthetic, out, "--pretrained", checkpoint, "--stages", "1", "--epochs", 2, "--lr", "3e-3")
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    mixes = [h["wise_ft"] for h in history if "wise_ft" in h]
+    assert mixes == [0.25, 0.5, 0.75] and "WiSE-FT mix 0.5" in result.output
+    # The student after stage 1 is the tuned one (the mixes are only evaluated), and a mix is the lerp.
+    last = load_checkpoint(out / "last.pt")["model"]
+    pretrained = load_clip(TINY, str(checkpoint)).model.visual.state_dict()
+    assert not torch.equal(last["student.proj"], pretrained["proj"])
+
+
+def test_train_blocks_trains_the_last_blocks_only(checkpoint, tmp_path):
+    # Catches: --train-blocks N training the first N blocks (or all of them).
+    trainer = _trainer(checkpoint, tmp_path, train_blocks=1)
+    model = trainer.model
+    model.set_stage(1)
+    optimizer = torch.optim.SGD(trainer._last_blocks_only(1), lr=0.1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    trainer.stage1_step(images, torch.tensor([[1., 0., 0.], [0., 1., 1.], [1., 1., 0.], [0., 0., 1.]]),
+                        torch.Generator().manual_seed(5), optimizer, use_kd=True)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    last = len(model.student.transformer.resblocks) - 1
+    assert any(k.startswith(f"student.transformer.resblocks.{last}.") for k in changed)
+    assert not any(k.startswith("student.transformer.resblocks.0.") or k.startswith("student.conv1") for k in changed)
+
+
+@pytest.mark.slow
+def test_resume_with_changed_settings_is_refused(synthetic, checkpoint, tmp_path):
+    out = tmp_path / "run"
+    _train(synthetic, out, "--pretrained", checkpoint, "--stages", "1", "--epochs", 1)
+    result = CliRunner().invoke(cli, ["train", "--resume", "--out", str(out), "--loss", "asl", "-q"])
+    assert result.exit_code == 1
+    assert "these settings differ from the run's config.json: loss" in result.output
+    again = CliRunner().invoke(cli, ["train", "--resume", "--out", str(out), "--epochs", "2", "-q"])
+    assert again.exit_code == 0, again.output
