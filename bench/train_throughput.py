@@ -25,10 +25,11 @@ import torch
 from tagger.benchmark import cpu_name
 from tagger.images import load_image
 from train.backbone import load_clip
-from train.losses import make_loss
-from train.model import HPDVAL, HPDVALConfig
+from train.config import TrainConfig, pick_device
+from train.prepare import prepare_data
+from train.stages import Trainer, batches as make_batches, epoch_rng
 from train.synthetic import generate_dataset
-from train.trainer import TrainConfig, Trainer, _batches, _epoch_rng, pick_device, prepare_data, train
+from train.trainer import build_model, train
 
 TINY = str(Path(__file__).resolve().parents[1] / "train" / "model_configs" / "tagger-tiny.json")
 
@@ -53,13 +54,11 @@ def cache_effect(cfg: TrainConfig, workers: int) -> tuple[float, float]:
     clip = load_clip(cfg.backbone, cfg.pretrained)
     run_dir = Path(cfg.out + "-cache")
     data = prepare_data(cfg, clip, run_dir, quiet, progress=False)
-    counts = data.targets[data.train_idx].sum(axis=0)
-    loss = make_loss(cfg.loss, counts, len(data.train_idx)).to(device)
-    model = HPDVAL(clip, data.labels, class_bias=loss.class_bias, config=HPDVALConfig()).to(device)
+    model, loss = build_model(cfg, clip, data, device)
     trainer = Trainer(cfg, model, loss, data, device, run_dir, quiet, progress=False)
     optimizer = torch.optim.AdamW(model.set_stage(1), lr=1e-5)
-    _, gen = _epoch_rng(cfg, 1, 1)
-    batches = _batches(len(data.train_idx), cfg.batch_size, np.random.default_rng(0))
+    _, gen = epoch_rng(cfg.seed, 1, 1)
+    batches = make_batches(len(data.train_idx), cfg.batch_size, np.random.default_rng(0))
     paths = [data.cache.paths[i] for i in data.train_idx]
     model.train()
 
