@@ -5,9 +5,13 @@ exactly the pixels it was trained on.
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,26 +22,17 @@ from tagger.errors import ImageError
 # Larger than any camera sensor sold today (Phase One IQ4 is 151 MP); beyond it a file is a bomb.
 MAX_PIXELS = 300_000_000
 
-# Pillow's own guard warns at MAX_IMAGE_PIXELS and raises at twice that; ours runs first with a clearer
-# message, so Pillow's is set to agree with it rather than warn about legitimate 100 MP photos.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow reads these itself; HEIC/HEIF (iPhone photos) need pillow-heif or pi-heif.
+PILLOW_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"})
+HEIF_EXTENSIONS = frozenset({".heic", ".heif"})
 
-try:  # HEIC/HEIF (iPhone photos) when the optional decoder is installed
-    try:
-        from pillow_heif import register_heif_opener
-    except ImportError:  # pi-heif: the same libheif decoder without the (GPL, 22 MB) x265 encoder
-        from pi_heif import register_heif_opener
-
-    register_heif_opener()
-    HEIF_AVAILABLE = True
-except ImportError:
-    HEIF_AVAILABLE = False
-
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"}
-    | ({".heic", ".heif"} if HEIF_AVAILABLE else set())
-)
+# Pillow's own bomb guard is process-wide (Image.MAX_IMAGE_PIXELS, a warning above it, a refusal
+# above twice it) and runs inside Image.open, before ours can. It is set to our limit, its warning
+# silenced, only while a header is read (or a photo over the process's own limit decoded), under
+# this lock: the setting and the warnings filter are shared by every thread (catch_warnings is not
+# thread-safe before Python 3.14).
+_PILLOW_GUARD = threading.Lock()
+_HEIF_ONCE = threading.Lock()
 
 RESIZE_MODES = ("squash", "shortest", "longest")
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
@@ -73,8 +68,69 @@ class Preprocess:
                    interpolation=data.get("interpolation", "bicubic"))
 
 
+def register_heif() -> bool:
+    """Teach Pillow HEIC/HEIF the first time one is needed (importing this module does not);
+    False when neither pillow-heif nor pi-heif is installed."""
+    with _HEIF_ONCE:
+        return _register_heif_opener()
+
+
+@functools.cache
+def _register_heif_opener() -> bool:
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        try:  # pi-heif: the same libheif decoder without the (GPL, 22 MB) x265 encoder
+            from pi_heif import register_heif_opener
+        except ImportError:
+            return False
+    register_heif_opener()
+    return True
+
+
+@functools.cache
+def image_extensions() -> frozenset[str]:
+    """The file extensions discovery looks for (lower case, with the dot)."""
+    return (PILLOW_EXTENSIONS | HEIF_EXTENSIONS) if register_heif() else PILLOW_EXTENSIONS
+
+
 def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return os.path.splitext(name)[1].lower() in image_extensions()
+
+
+@contextmanager
+def _pillow_guard_at_our_limit() -> Iterator[int | None]:
+    """Pillow's bomb guard at MAX_PIXELS and its warning silenced, for this block only (see
+    _PILLOW_GUARD); yields the process's own Image.MAX_IMAGE_PIXELS."""
+    with _PILLOW_GUARD, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        own = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        try:
+            yield own
+        finally:
+            Image.MAX_IMAGE_PIXELS = own
+
+
+def _open_checked(path: str | os.PathLike, min_side: int | None, max_pixels: int) -> Image.Image:
+    """Open a photo and refuse it by the size in its header, before any pixel is decoded."""
+    if os.path.splitext(os.fspath(path))[1].lower() in HEIF_EXTENSIONS:
+        register_heif()
+    with _pillow_guard_at_our_limit() as pillow_limit:
+        img = Image.open(path)
+        try:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageError(path, f"image is {width}x{height} pixels, over the {max_pixels:,}-pixel "
+                                       "limit (decompression bomb?)")
+            if min_side and img.format == "JPEG":
+                img.draft("RGB", (min_side, min_side))
+            if pillow_limit is not None and width * height > pillow_limit:
+                img.load()  # outside the guard, Pillow would warn about or refuse what our limit allows
+        except BaseException:
+            img.close()
+            raise
+    return img
 
 
 def open_oriented(path: str | os.PathLike, min_side: int | None = None,
@@ -82,13 +138,7 @@ def open_oriented(path: str | os.PathLike, min_side: int | None = None,
     """Decode a photo upright in RGB. With `min_side`, large JPEGs decode at a reduced scale
     (DCT draft mode) that still keeps both sides at least `min_side`: 4x less work on a 12 MP photo."""
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageError(path, f"image is {width}x{height} pixels, over the {max_pixels:,}-pixel "
-                                       "limit (decompression bomb?)")
-            if min_side and img.format == "JPEG":
-                img.draft("RGB", (min_side, min_side))
+        with _open_checked(path, min_side, max_pixels) as img:
             img.load()
             img = _orient(img)
             return to_rgb(img)

@@ -1,3 +1,4 @@
+import importlib
 import shutil
 from pathlib import Path
 
@@ -8,6 +9,19 @@ from tests.onnx_models import build_colour_model
 
 # The checkout sits beside ../shared (CI clones it the same way).
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "exif-samples"
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+# tagger reads HEIC with pillow-heif or its decode-only twin pi-heif; without either it skips .heic files.
+needs_heif = pytest.mark.skipif(not (_importable("pillow_heif") or _importable("pi_heif")),
+                                reason='reading HEIC needs pillow-heif: pip install ".[heif]"')
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-import tagger.images  # noqa: F401  (registers the HEIF opener for the pixel checks)
+from tagger.images import register_heif
 from tagger.writers.base import ModelRef, PhotoResult
 
 MODEL_A = ModelRef("alpha", "a" * 64)
@@ -68,6 +68,7 @@ def keywords_in(photo: Path) -> dict[str, list[str]]:
 
 
 def pixels(photo: Path) -> np.ndarray:
+    register_heif()  # as tagger does before it opens a HEIC
     with Image.open(photo) as img:
         return np.asarray(img.convert("RGB"))
 

@@ -1,10 +1,19 @@
 """Decoding and preprocessing: orientation, colour modes, draft decoding, the three resize modes."""
+import struct
+import subprocess
+import sys
+import textwrap
+import warnings
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from tagger.errors import ImageError
 from tagger.images import Preprocess, load_image, open_oriented, resize_image, to_rgb
+from tests.conftest import needs_heif, solid_photo
 
 SPEC = Preprocess(size=224, resize="shortest", interpolation="bicubic")
 
@@ -101,3 +110,84 @@ def test_pixel_limit(tmp_path):
     Image.new("1", (5000, 5000)).save(path)
     with pytest.raises(ImageError, match="over the 1,000,000-pixel limit"):
         open_oriented(path, max_pixels=1_000_000)
+
+
+def png_header(path, width: int, height: int):
+    """A PNG that declares width x height 1-bit pixels and holds almost none: a bomb's header,
+    written without allocating the image."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
+    return path
+
+
+def run_python(code: str) -> None:
+    """Run code in a fresh interpreter: what importing a module does to the process, seen from outside."""
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_importing_changes_no_process_wide_setting():
+    run_python("""
+        import warnings
+        import numpy  # its own filters, added when first imported
+        from PIL import Image
+        before = Image.MAX_IMAGE_PIXELS, list(warnings.filters), sorted(Image.ID)
+        import tagger.images
+        after = Image.MAX_IMAGE_PIXELS, list(warnings.filters), sorted(Image.ID)
+        assert after == before, f"importing tagger.images changed {before} to {after}"
+    """)
+
+
+@needs_heif
+def test_heif_opener_registered_on_first_use(samples):
+    run_python(f"""
+        from PIL import Image
+        from tagger.images import Preprocess, is_image_name, load_image
+        assert "HEIF" not in Image.ID
+        assert load_image({str(samples / "heic" / "IMG_5195.HEIC")!r}, Preprocess()).std() > 10
+        assert "HEIF" in Image.ID and is_image_name("IMG_0001.heif")
+    """)
+    run_python("""
+        from PIL import Image
+        from tagger.images import is_image_name
+        assert is_image_name("IMG_0001.HEIC") and "HEIF" in Image.ID  # discovery asks first
+    """)
+
+
+def test_bomb_refused_by_its_header_with_our_message(tmp_path):
+    bomb = png_header(tmp_path / "bomb.png", 20000, 20000)
+    before = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
+    with pytest.raises(ImageError) as caught:
+        open_oriented(bomb)
+    assert str(caught.value) == f"{bomb}: image is 20000x20000 pixels, over the 300,000,000-pixel limit " \
+                                "(decompression bomb?)"
+    assert (Image.MAX_IMAGE_PIXELS, list(warnings.filters)) == before
+
+
+def test_pillows_own_guard_neither_refuses_nor_warns_below_our_limit(tmp_path, monkeypatch):
+    # The process keeps Pillow's guard at 1 MP: a 3 MP photo is over twice that, a 1.5 MP one over it.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)
+    sizes = [(3000, 1000), (1500, 1000)]
+    paths = [tmp_path / f"{w}x{h}.png" for w, h in sizes]
+    for path, size in zip(paths, sizes):
+        Image.new("RGB", size, (200, 40, 40)).save(path)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for path in paths:
+            assert load_image(path, SPEC)[0, 0].tolist() == [200, 40, 40]
+        with pytest.raises(ImageError, match="truncated or corrupt"):  # header read, over Pillow's limit
+            open_oriented(png_header(tmp_path / "150mp.png", 15000, 10000))
+    assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]
+    assert Image.MAX_IMAGE_PIXELS == 1_000_000
+
+
+def test_decoding_in_threads_leaves_pillow_and_warnings_as_they_were(tmp_path):
+    # Decode workers share one process: unlocked, catch_warnings in one thread restores another's filters.
+    paths = [solid_photo(tmp_path / f"{i}.png", (i, 0, 0)) for i in range(32)]
+    before = Image.MAX_IMAGE_PIXELS, list(warnings.filters)
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(open_oriented, paths * 20))
+    assert (Image.MAX_IMAGE_PIXELS, list(warnings.filters)) == before
