@@ -1,16 +1,19 @@
 """XMP packets read and written natively: sidecars (`IMG.jpg.xmp`) without exiftool.
 
-Parsing is hardened: a document with a DOCTYPE (the only place entities can be declared) is
-rejected before anything is expanded, so entity bombs and external entities never run. Editing
-keeps every node we do not own (darktable's history stack, Lightroom's develop settings, comments,
-processing instructions, namespace prefixes) and changes only the properties asked for.
+Parsing is hardened (defusedxml): a document with a DOCTYPE (the only place entities can be
+declared) is rejected before anything is expanded, so entity bombs and external entities never
+run. Editing keeps every node we do not own (darktable's history stack, Lightroom's develop
+settings, comments, processing instructions, namespace prefixes) and changes only the properties
+asked for.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from xml.dom import XMLNS_NAMESPACE, minidom
-from xml.dom.expatbuilder import ExpatBuilderNS
 from xml.parsers import expat
+
+import defusedxml
+import defusedxml.minidom
 
 from tagger import __version__
 from tagger.errors import TaggerError
@@ -42,28 +45,12 @@ class XmpError(TaggerError):
     """An XMP document that is not well-formed, not XMP, or unsafe to parse."""
 
 
-class _Rejected(Exception):
-    pass
-
-
-class _HardenedBuilder(ExpatBuilderNS):
-    """minidom's namespace-aware builder with every DTD feature turned into a refusal."""
-
-    def install(self, parser) -> None:
-        super().install(parser)
-        parser.StartDoctypeDeclHandler = self._refuse_doctype
-        parser.EntityDeclHandler = self._refuse_entity
-        parser.ExternalEntityRefHandler = self._refuse_external
-        parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-
-    def _refuse_doctype(self, *args) -> None:
-        raise _Rejected("it declares a DOCTYPE (XMP never does; entity expansion refused)")
-
-    def _refuse_entity(self, *args) -> None:
-        raise _Rejected("it declares an entity (refused)")
-
-    def _refuse_external(self, *args) -> None:
-        raise _Rejected("it references an external entity (refused)")
+# Why defusedxml refused a document, in the user's words.
+_REFUSALS = (
+    (defusedxml.DTDForbidden, "it declares a DOCTYPE (XMP never does; entity expansion refused)"),
+    (defusedxml.EntitiesForbidden, "it declares an entity (refused)"),
+    (defusedxml.ExternalReferenceForbidden, "it references an external entity (refused)"),
+)
 
 
 def _text(node) -> str:
@@ -312,11 +299,11 @@ def parse_xmp(data: bytes, source: object = None) -> XmpPacket:
     """Parse an XMP document; anything malformed or unsafe raises XmpError naming `source`."""
     if len(data) > MAX_XMP_BYTES:
         raise XmpError(source, f"XMP document larger than {MAX_XMP_BYTES // (1024 * 1024)} MB; refused")
-    builder = _HardenedBuilder()
     try:
-        document = builder.parseString(data)
-    except _Rejected as exc:
-        raise XmpError(source, f"not a safe XMP document: {exc}") from None
+        document = defusedxml.minidom.parseString(data, forbid_dtd=True)
+    except defusedxml.DefusedXmlException as exc:
+        reason = next((text for kind, text in _REFUSALS if isinstance(exc, kind)), f"refused ({exc})")
+        raise XmpError(source, f"not a safe XMP document: {reason}") from None
     except expat.ExpatError as exc:
         raise XmpError(source, f"not well-formed XML ({expat.ErrorString(exc.code)}, line {exc.lineno})") from None
     except (ValueError, LookupError) as exc:  # unknown encodings and the like

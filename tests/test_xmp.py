@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tagger.xmp import NS_DC, NS_LR, NS_TAGGER, XmpError, new_xmp, parse_xmp
+from tagger.xmp import MAX_XMP_BYTES, NS_DC, NS_LR, NS_TAGGER, XmpError, new_xmp, parse_xmp
 
 BILLION_LAUGHS = b"""<?xml version="1.0"?>
 <!DOCTYPE x:xmpmeta [
@@ -43,6 +43,20 @@ def test_entity_bomb_is_rejected_without_expanding():
 def test_external_entities_are_rejected():
     with pytest.raises(XmpError, match="DOCTYPE"):
         parse_xmp(EXTERNAL_ENTITY, "evil.xmp")
+
+
+@pytest.mark.parametrize("data", [BILLION_LAUGHS, EXTERNAL_ENTITY])
+def test_unsafe_documents_are_refused_in_one_sentence(data):
+    with pytest.raises(XmpError) as caught:
+        parse_xmp(data, "IMG_1.jpg.xmp")
+    assert str(caught.value) == ("IMG_1.jpg.xmp: not a safe XMP document: it declares a DOCTYPE (XMP never does; "
+                                 "entity expansion refused)")
+
+
+def test_oversized_document_is_refused_before_parsing():
+    with pytest.raises(XmpError) as caught:
+        parse_xmp(b"<" * (MAX_XMP_BYTES + 1), "IMG_1.jpg.xmp")
+    assert str(caught.value) == "IMG_1.jpg.xmp: XMP document larger than 32 MB; refused"
 
 
 @pytest.mark.parametrize("data, reason", [
