@@ -13,19 +13,20 @@ from tagger.errors import WriteError
 from tagger.exiftool import ExifToolMissing
 from tagger.keywords import read_user_keywords
 from tagger.writers.embed import EmbedWriter
+from tests.conftest import needs_heif
 from tests.metadata_util import (MODEL_A, MODEL_B, as_list, changed_tags, copy_sample, exiftool_json, exiv2_values,
                                  keywords_in, pixels, result_for)
 
 pytestmark = pytest.mark.skipif(shutil.which("exiftool") is None, reason="needs exiftool (libimage-exiftool-perl)")
 
-SAMPLES_TO_EMBED = [
+CAMERA_JPEGS = [
     "jpg/Canon_40D.jpg",                 # EXIF + maker notes, no XMP, no IPTC
     "jpg/xmp/BlueSquare.jpg",            # Photoshop: XMP + IPTC with the user's keywords, IPTC digest
     "jpg/orientation/landscape_1.jpg",   # IPTC envelope, APP14, Ducky
     "jpg/gps/DSCN0010.jpg",              # GPS, Nikon maker notes, XMP
     "jpg/xmp/no_exif.jpg",               # IPTC in UTF-8 (CodedCharacterSet)
-    "heic/IMG_5195.HEIC",                # iPhone HEIC: never IPTC
 ]
+IPHONE_HEIC = "heic/IMG_5195.HEIC"       # iPhone HEIC: never IPTC
 TAGS = ["dog", "Animals|Cat", "Blue Square"]
 
 
@@ -36,9 +37,13 @@ def embed():
     writer.close()
 
 
-def test_embed_changes_only_keyword_fields_and_keeps_pixels(tmp_path, samples, embed):
+@pytest.mark.parametrize("samples_to_embed", [
+    pytest.param(CAMERA_JPEGS, id="jpeg"),
+    pytest.param([IPHONE_HEIC], id="heic", marks=needs_heif),  # its pixels are compared, so it is decoded
+])
+def test_embed_changes_only_keyword_fields_and_keeps_pixels(tmp_path, samples, embed, samples_to_embed):
     photos = [copy_sample(samples, rel, tmp_path / f"{i}_{os.path.basename(rel)}")
-              for i, rel in enumerate(SAMPLES_TO_EMBED)]
+              for i, rel in enumerate(samples_to_embed)]
     before = exiftool_json(*photos)
     before_pixels = [pixels(p) for p in photos]
     before_mtimes = [p.stat().st_mtime_ns for p in photos]
@@ -66,7 +71,10 @@ def test_embed_changes_only_keyword_fields_and_keeps_pixels(tmp_path, samples, e
         else:
             assert not any(key.startswith("IPTC:") for key in new), f"{photo.name}: IPTC created"
 
-    blue = photos[1]  # the user already had "Blue Square": not added again, and not recorded as ours
+
+def test_keyword_the_user_had_is_not_added_again_nor_recorded_as_ours(tmp_path, samples, embed):
+    blue = copy_sample(samples, "jpg/xmp/BlueSquare.jpg", tmp_path / "blue.jpg")  # the user has "Blue Square"
+    embed.write(result_for(blue, TAGS))
     entry = exiftool_json(blue)[0]
     assert as_list(entry["XMP-dc:Subject"]).count("Blue Square") == 1
     assert "Blue Square" not in as_list(entry["XMP-tagger:TaggerSubject"])
@@ -121,7 +129,7 @@ def test_model_swap_replaces_only_the_taggers_keywords(tmp_path, samples, embed)
 
 
 def test_heic_gets_xmp_keywords_but_no_iptc(tmp_path, samples, embed):
-    photo = copy_sample(samples, "heic/IMG_5195.HEIC", tmp_path / "IMG_5195.HEIC")
+    photo = copy_sample(samples, IPHONE_HEIC, tmp_path / "IMG_5195.HEIC")
     embed.write(result_for(photo, ["dog", "Animals|Cat"]))
     entry = exiftool_json(photo)[0]
     assert as_list(entry["XMP-dc:Subject"]) == ["dog", "Animals", "Cat"]

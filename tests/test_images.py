@@ -40,8 +40,8 @@ def test_camera_samples_decode(samples):
         assert pixels.shape == (224, 224, 3) and pixels.dtype == np.uint8, photo.name
 
 
+@needs_heif
 def test_heic_sample(samples):
-    pytest.importorskip("pillow_heif")
     pixels = load_image(samples / "heic" / "IMG_5195.HEIC", SPEC)
     assert pixels.shape == (224, 224, 3) and pixels.std() > 10
 
