@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import importlib.util
 import re
+import shutil
+import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +46,22 @@ def test_every_runtime_import_is_a_declared_dependency():
         if not names & (extras if module in OPTIONAL else required):
             undeclared[module] = sorted(names)
     assert not undeclared, f"tagger/ imports these without declaring them in pyproject.toml: {undeclared}"
+
+
+
+def test_wheel_ships_the_model_configs(tmp_path):
+    """`pip install .` must carry train/model_configs/*.json: `--backbone tagger-tiny` reads them."""
+    source = tmp_path / "source"  # a copy: the build leaves no build/ or egg-info in the checkout
+    for package in ("tagger", "train", "export"):
+        shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    # The venv's setuptools when it has one: no download, about a second.
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", *isolation,
+                    "-w", str(tmp_path / "wheel")], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "wheel").glob("tagger-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    configs = {path.relative_to(ROOT).as_posix() for path in (ROOT / "train" / "model_configs").glob("*.json")}
+    assert "train/model_configs/tagger-tiny.json" in configs
+    assert configs <= shipped, sorted(configs - shipped)
