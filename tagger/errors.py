@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import os
 
+# Exit statuses (DESIGN.md §3). Click exits 1 for a ClickException and 2 for a UsageError itself.
+EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports after Ctrl-C
+
 
 class TaggerError(Exception):
     """A problem with one input or output; `str()` is the one-line message shown to the user."""

@@ -20,14 +20,15 @@ MIN_AGREEMENT = 0.99
 INPUT_NAME = "image"
 OUTPUT_NAME = "scores"
 
-# What `--device` asks for, mapped to ONNX Runtime providers in order of preference.
+# What `--device` asks for, mapped to ONNX Runtime providers; `auto` tries them in this order.
 DEVICE_PROVIDERS = {
+    "cpu": [],
     "cuda": ["CUDAExecutionProvider"],
     "coreml": ["CoreMLExecutionProvider"],
     "directml": ["DmlExecutionProvider"],
-    "cpu": [],
 }
-AUTO_PREFERENCE = ["CUDAExecutionProvider", "CoreMLExecutionProvider", "DmlExecutionProvider"]
+DEVICES = ("auto", *DEVICE_PROVIDERS)  # the --device choices
+AUTO_PREFERENCE = [provider for providers in DEVICE_PROVIDERS.values() for provider in providers]
 
 
 @dataclass(frozen=True)

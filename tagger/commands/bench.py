@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
+from tagger.commands.options import model_option
 from tagger.errors import ModelError
-from tagger.modelfile import TaggerModel, cpu_count
+from tagger.modelfile import DEVICE_PROVIDERS, TaggerModel, cpu_count
 from tagger.store import resolve_model
 
 BATCH_SIZES = (1, 8, 16, 32, 64)
@@ -16,8 +17,7 @@ BATCH_SIZES = (1, 8, 16, 32, 64)
 
 @click.command()
 @click.argument("folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--model", "model_spec", envvar="TAGGER_MODEL", metavar="NAME|FILE",
-              help="Model name or .onnx file [default: the only installed model].")
+@model_option
 @click.option("--photos", type=click.IntRange(min=1), default=32, show_default=True,
               help="Without FOLDER: how many 12 MP photos to generate (in a temporary folder).")
 @click.option("--batch-size", "batch_sizes", type=click.IntRange(min=1), multiple=True,
@@ -41,8 +41,8 @@ def bench(folder, model_spec, photos, batch_sizes, seconds, as_json) -> None:
     except ModelError as exc:
         raise click.ClickException(str(exc)) from None
     workers = cpu_count()
-    devices = ["cpu"] + [d for d, p in (("cuda", "CUDAExecutionProvider"), ("coreml", "CoreMLExecutionProvider"),
-                                        ("directml", "DmlExecutionProvider")) if p in ort.get_available_providers()]
+    available = ort.get_available_providers()
+    devices = [device for device, providers in DEVICE_PROVIDERS.items() if set(providers) <= set(available)]
     with tempfile.TemporaryDirectory(prefix="tagger-bench-") as scratch:
         if folder is None:
             click.echo(f"Generating {photos} photos of 4000x3000 ...", err=True)

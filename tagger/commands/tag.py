@@ -5,12 +5,11 @@ import sys
 
 import click
 
-from tagger.errors import ModelError, TaggerError
-from tagger.modelfile import cpu_count, open_model
+from tagger.commands.options import model_option, photo_paths
+from tagger.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, ModelError, TaggerError
+from tagger.modelfile import DEVICES, cpu_count, open_model
 from tagger.tagging import Decision, TagRun
 from tagger.writers import WRITER_NAMES, create_writer
-
-EXIT_OK, EXIT_FATAL, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def _parse_writers(ctx, param, value: str) -> list[str]:
@@ -42,10 +41,8 @@ def _check_roots(paths: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--model", "model_spec", envvar="TAGGER_MODEL", metavar="NAME|FILE",
-              help="Model name in the store or path to a .onnx file [env TAGGER_MODEL; default: the only "
-                   "installed model].")
+@photo_paths
+@model_option
 @click.option("--write", "write", default="json", show_default=True, callback=_parse_writers,
               metavar="json,xmp,embed", help="Where tags go: sidecar JSON, XMP sidecar, inside the photo.")
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
@@ -53,15 +50,13 @@ def _check_roots(paths: tuple[str, ...]) -> None:
 @click.option("--top-k", type=click.IntRange(min=1), default=None, help="Keep at most K tags per photo.")
 @click.option("--batch-size", type=click.IntRange(min=0), default=0, show_default=True,
               help="Photos per model call; 0 picks by device (16 on CPU, 64 on GPU).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "coreml", "directml"]), default="auto",
-              show_default=True, envvar="TAGGER_DEVICE", help="Where the model runs.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, envvar="TAGGER_DEVICE",
+              help="Where the model runs.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "int8", "fp16"]), default="auto",
               show_default=True, help="Which stored variant of --model NAME to run; auto takes a validated "
                                       "int8 variant on CPU, fp32 otherwise.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Decoding threads [default: one per core].")
-@click.option("--exclude", multiple=True, metavar="GLOB",
-              help="Skip files and folders whose name or relative path matches (repeatable).")
 @click.option("--force", is_flag=True, help="Re-tag photos whose outputs are already up to date.")
 @click.option("--dry-run", is_flag=True, help="Write nothing; print each photo's result as a JSON line.")
 @click.option("--xmp-name", type=click.Choice(["extension", "basename"]), default="extension", show_default=True,

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
+from tagger.commands.options import photo_paths
 from tagger.discover import iter_photos
-from tagger.errors import TaggerError
+from tagger.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, TaggerError
 
-EXIT_SOME_FAILED, EXIT_INTERRUPTED = 3, 130
 _BATCH = 64  # photos per exiftool read
 
 
@@ -33,9 +33,7 @@ class _Summary:
 
 
 @click.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--exclude", multiple=True, metavar="GLOB",
-              help="Skip files and folders whose name or relative path matches (repeatable).")
+@photo_paths
 @click.option("--embedded/--no-embedded", default=True, show_default=True,
               help="Also remove them from inside the photos (needs exiftool).")
 @click.option("--backup", is_flag=True, help="Keep each changed photo's original as FILE_original.")
