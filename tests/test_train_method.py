@@ -218,3 +218,12 @@ def test_resume_with_changed_settings_is_refused(synthetic, checkpoint, tmp_path
     assert "these settings differ from the run's config.json: loss" in result.output
     again = CliRunner().invoke(cli, ["train", "--resume", "--out", str(out), "--epochs", "2", "-q"])
     assert again.exit_code == 0, again.output
+
+
+def test_cli_choices_are_the_trainers():
+    # tagger/ imports no torch, so the train command lists the choices itself: they must not drift.
+    from tagger.commands.train import LOSS_CHOICES, SCORE_NORM_CHOICES
+    from train.losses import LOSSES
+    from train.model import SCORE_NORMS
+
+    assert LOSS_CHOICES == LOSSES and SCORE_NORM_CHOICES == SCORE_NORMS

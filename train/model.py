@@ -175,13 +175,18 @@ class HPDVAL(nn.Module):
                              self.logit_scale, self.score_norm, self.text_null)
         return z + self.tag_bias
 
-    def init_tag_bias(self, class_counts, n_images: int) -> None:
-        """Start each tag's bias at its log prior odds (less υ), so sigmoid(z + υ) starts at the tag's
-        frequency; per-photo normalised scores average about zero over the tags."""
+    def init_tag_bias(self, class_counts, n_images: int, mean_logits: torch.Tensor | None = None) -> None:
+        """Start each tag's logit, on an average training photo, at the tag's log prior odds.
+
+        `mean_logits` [C] is γ·score averaged over training photos (before any bias): subtracting it
+        matters where scores are not centred (raw cosines times CLIP's temperature of 100 sit near +30,
+        where the sigmoid saturates to 1.0 for every photo and the ranking is lost).
+        """
         counts = torch.as_tensor(class_counts, dtype=torch.float64).clamp(0.5, max(n_images - 0.5, 0.5))
-        prior_logit = torch.log(counts / (n_images - counts).clamp_min(0.5))
+        prior_logit = (torch.log(counts / (n_images - counts).clamp_min(0.5))).float()
+        offset = torch.zeros_like(prior_logit) if mean_logits is None else mean_logits.detach().float().cpu()
         with torch.no_grad():
-            self.tag_bias.copy_((prior_logit.float() - self.class_bias.cpu()).to(self.tag_bias.device))
+            self.tag_bias.copy_((prior_logit - offset - self.class_bias.cpu()).to(self.tag_bias.device))
 
     # -- stages --------------------------------------------------------------------------------------
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:

@@ -26,6 +26,7 @@ from train.model import HPDVAL, normalize_pixels, standardize
 from train.prepare import Prepared
 
 WISE_FT_MIXES = (0.25, 0.5, 0.75)  # weight of the fine-tuned student; 0 and 1 are candidates already
+BIAS_SAMPLE = 512  # training photos whose mean logit starts the tag bias (one inference pass)
 
 
 def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -118,9 +119,26 @@ class Trainer:
         return improved
 
     def start(self) -> None:
-        """Validate the untrained model: the first candidate for best.pt (stage 0)."""
+        """Start the tag bias at the tags' priors, then validate the untrained model: the first
+        candidate for best.pt (stage 0)."""
+        self.init_tag_bias()
         self.before, _ = evaluate(self.model, self.data, self.device, self._eval_batch())
         self._consider(0, 0, self.before, self.model.inference_state_dict())
+
+    @torch.no_grad()
+    def init_tag_bias(self, max_photos: int = BIAS_SAMPLE) -> None:
+        """`HPDVAL.init_tag_bias` with each tag's mean logit over (up to max_photos) training photos."""
+        model, train_idx = self.model, self.data.train_idx
+        counts = self.data.targets[train_idx].sum(axis=0)
+        sample = train_idx[np.linspace(0, len(train_idx) - 1, num=min(max_photos, len(train_idx))).round().astype(int)]
+        f_cls, f_patch = extract_features(model, self.data.cache, np.unique(sample), self._eval_batch(), self.device)
+        P_G, P_L = model.text_features()
+        total = torch.zeros(len(model.labels), device=self.device)
+        for start in range(0, len(f_cls), 256):
+            z = model.logits(f_cls[start:start + 256].to(self.device), f_patch[start:start + 256].to(self.device),
+                             P_G, P_L) - model.tag_bias
+            total += z.sum(dim=0)
+        model.init_tag_bias(counts, len(train_idx), total / max(len(f_cls), 1))
 
     def _save(self, stage: int, epoch: int, optimizer, scheduler, ema: EMA | None, summary: dict) -> bool:
         model_state = self.model.inference_state_dict()

@@ -91,7 +91,11 @@ def _parse_stages(ctx, param, value: str | None) -> tuple[int, ...] | None:
               help="Patches pooled per tag in the local view [default: 16% of the patches].")
 @click.option("--no-kd", is_flag=True, help="Stage 1 without knowledge distillation from the frozen tower "
               "(always off from random init).")
+@click.option("--kd-weight", type=click.FloatRange(min=0), default=None,
+              help="Weight of L_kd, the distillation from the frozen tower [default: 1, the paper's].")
 @click.option("--no-sc", is_flag=True, help="Stage 2 without the semantic consistency loss.")
+@click.option("--sc-weight", type=click.FloatRange(min=0), default=None,
+              help="Weight of L_sc, the semantic consistency loss [default: 1].")
 @click.option("--sc-branch", type=click.Choice(["global", "local"]), default=None,
               help="Which learned prompts the consistency loss ties to the hand-crafted ones [default: global].")
 @click.option("--no-wise-ft", is_flag=True, help="Do not try the stage 1 student mixed with the pretrained one.")
