@@ -68,7 +68,7 @@ def test_stage1_loss_is_cls_against_hand_prompts_plus_kd(checkpoint, tmp_path):
     assert set(terms) == {"cls", "kd"}
     assert torch.allclose(terms["cls"], trainer.loss_fn(z, targets), atol=1e-6)
     kd = (pooled - teacher_pooled).abs().mean()
-    assert kd > 1e-3 and torch.allclose(terms["kd"], kd, atol=1e-6)
+    assert kd > 1e-3 and torch.allclose(terms["kd"], trainer.cfg.kd_weight * kd, atol=1e-6)
     assert "kd" not in trainer.stage1_loss(pixels, targets, use_kd=False)
 
 

@@ -60,7 +60,7 @@ class TrainConfig:
     alpha: float = 1.0  # global-view weight (paper 0.4; the local view lost on both benchmark tasks)
     topk: int | None = None  # local-view pooled patches; None: 16% of the patches
     kd: bool = True  # L_kd in stage 1
-    kd_weight: float = 1.0
+    kd_weight: float = 0.3  # paper 1: at 1 L_kd dominated stage 1 and the tower barely learned (docs/training.md)
     sc: bool = True  # L_sc in stage 2
     sc_weight: float = 1.0
     sc_branch: str = "global"  # which learned prompts L_sc ties to P_H: global (paper) | local (code)

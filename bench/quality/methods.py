@@ -50,7 +50,7 @@ class Method:
 
 
 BASELINES = ("zero_shot", "zero_shot_cos", "linear_probe", "coop", "plain_ft")
-ABLATIONS = ("local_view", "no_kd", "no_stage2", "no_sc", "no_wise_ft", "raw_cosine", "l2_scores", "loss_dbstar",
+ABLATIONS = ("local_view", "no_kd", "kd_paper", "no_stage2", "no_sc", "no_wise_ft", "raw_cosine", "l2_scores", "loss_dbstar",
              "loss_db_official", "loss_asl")
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("zero_shot", "zero-shot CLIP (softmax over tags)", "zero_shot", ("softmax",), seeded=False),
@@ -62,6 +62,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("default", "**tagger train (default)**", "tagger", ()),
     Method("local_view", "+ local view (α = 0.4, paper)", "tagger", ("--alpha", "0.4")),
     Method("no_kd", "− L_kd", "tagger", ("--no-kd",)),
+    Method("kd_paper", "L_kd at the paper's weight 1 (default 0.3)", "tagger", ("--kd-weight", "1")),
     Method("no_stage2", "− stage 2 (prompt tuning)", "tagger", ("--stages", "1")),
     Method("no_sc", "− L_sc", "tagger", ("--no-sc",)),
     Method("no_wise_ft", "− WiSE-FT mixes", "tagger", ("--no-wise-ft",)),

@@ -92,7 +92,7 @@ def _parse_stages(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--no-kd", is_flag=True, help="Stage 1 without knowledge distillation from the frozen tower "
               "(always off from random init).")
 @click.option("--kd-weight", type=click.FloatRange(min=0), default=None,
-              help="Weight of L_kd, the distillation from the frozen tower [default: 1, the paper's].")
+              help="Weight of L_kd, the distillation from the frozen tower [default: 0.3; the paper's 1].")
 @click.option("--no-sc", is_flag=True, help="Stage 2 without the semantic consistency loss.")
 @click.option("--sc-weight", type=click.FloatRange(min=0), default=None,
               help="Weight of L_sc, the semantic consistency loss [default: 1].")
