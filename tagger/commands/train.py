@@ -71,12 +71,14 @@ def _parse_stages(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
 @click.option("--stages", default=None, callback=_parse_stages,
               help="1: dual-view alignment of the image tower; 2: prompt tuning on frozen features [default: 1,2].")
-@click.option("--epochs", type=click.IntRange(min=0), default=None, help="Stage 1 epochs [default: 20].")
-@click.option("--stage2-epochs", type=click.IntRange(min=0), default=None, help="Stage 2 epochs [default: 10].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="[default: 32]")
+@click.option("--epochs", type=click.IntRange(min=0), default=None, help="Stage 1 epochs [default: from the number of photos, at least 40].")
+@click.option("--stage2-epochs", type=click.IntRange(min=0), default=None, help="Stage 2 epochs [default: from the number of photos, at least 10].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="[default: 32; fewer (down to 8) for under 128 photos]")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Stage 1 learning rate (AdamW) [default: 1e-5 with pretrained weights (paper), "
-                   "2e-3 from random init].")
+              help="Stage 1 learning rate (AdamW) [default with pretrained weights: 1e-5 for ViT-B (the "
+                   "paper's), scaled by (768/width)^2 for other widths and by N/500 under 500 photos; 2e-3 "
+                   "from random init].")
 @click.option("--stage2-lr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stage 2 learning rate (AdamW on the prompt contexts and the tag bias) [default: 2e-3].")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=None, help="[default: 1e-4]")
