@@ -115,8 +115,9 @@ def test_stage1_moves_only_the_student(synthetic, checkpoint, tmp_path):
 
 
 def test_stage2_moves_only_the_two_contexts(synthetic, checkpoint, tmp_path):
+    # Dual view (α < 1), so both contexts receive a gradient; with the default α = 1 only the global does.
     result = _train(synthetic, tmp_path / "run", "--pretrained", checkpoint, "--stages", "2",
-                    "--stage2-epochs", 1)
+                    "--stage2-epochs", 1, "--alpha", "0.4")
     assert result.exit_code == 0, result.output
     assert "computing the frozen student's features once" in result.output
     before = _initial_state(synthetic, tmp_path / "run", checkpoint)

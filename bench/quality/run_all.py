@@ -136,6 +136,7 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
     """Pretrain (or reuse) the VLM, write (or reuse) the tasks, run every missing job, write the report."""
     started_wall, started_cpu, load_start = time.perf_counter(), _cpu_seconds(), _load()
     checkpoint, vlm_summary = pretrain_vlm.ensure_vlm(plan.vlm, log=log, cache_root=cache_root)
+    vlm_pretrained_now = time.perf_counter() - started_wall > 0.5 * vlm_summary["pretrain_s"]
     backbone = plan.vlm.backbone
     clip = load_clip(backbone, str(checkpoint))
     results_dir = cache_root / f"results-{plan.vlm.key()}{'-quick' if plan.quick else ''}"
@@ -192,7 +193,8 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
                   for spec, task, _ in built.values()},
         "vlm": vlm_summary | {"model": _model_text(backbone)},
         "timing": {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "load_start": load_start, "load_end": _load(),
-                   "threads": torch.get_num_threads(), "jobs_run": ran},
+                   "threads": torch.get_num_threads(), "jobs_run": ran,
+                   "vlm_pretrained_in_this_run": vlm_pretrained_now},
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}, torch {torch.__version__}",
         "finished": _dt.datetime.now().astimezone().isoformat(timespec="minutes"),
     }
