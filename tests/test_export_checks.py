@@ -18,7 +18,7 @@ from export.parity import check_parity
 from export.quantize import decision_agreement, scoring_head_nodes
 from tagger.modelfile import TaggerModel, build_metadata
 from train.backbone import load_clip
-from train.model import HPDVAL, score_images
+from train.model import HPDVAL, HPDVALConfig, score_images
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "train" / "model_configs" / "tagger-tiny.json"
@@ -50,7 +50,9 @@ def untrained():
     torch.manual_seed(0)
     torch.set_num_threads(2)
     clip = load_clip(str(TINY), None)
-    model = HPDVAL(clip, LABELS, class_bias=torch.tensor([-1.0, 0.0, 1.0]), teacher=False).eval()
+    # Both views (α < 1), so the graph holds the global and the local scoring products.
+    model = HPDVAL(clip, LABELS, class_bias=torch.tensor([-1.0, 0.0, 1.0]), teacher=False,
+                   config=HPDVALConfig(alpha=0.4)).eval()
     return model, clip.preprocess
 
 
@@ -107,8 +109,6 @@ def test_export_without_torch_says_what_to_install():
 def test_every_score_normalisation_exports_with_parity(score_norm, alpha, tmp_path):
     """The per-photo normalisation (tags + reference prompt), the learned tag bias and both views go
     into the ONNX graph: ONNX Runtime matches PyTorch within 1e-4 (the export refuses otherwise)."""
-    from train.model import HPDVALConfig
-
     torch.manual_seed(1)
     clip = load_clip(str(TINY), None)
     model = HPDVAL(clip, LABELS, class_bias=torch.tensor([-0.3, 0.0, 0.2]), teacher=False,

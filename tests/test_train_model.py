@@ -110,7 +110,8 @@ def test_topk_default_is_16_percent_of_patches(clip):
 @pytest.mark.parametrize("score_norm", ["center", "l2", "none"])
 def test_score_images_is_the_model_with_both_biases(clip, score_norm):
     bias = torch.tensor([-0.2, 0.0, 0.1, -0.05])
-    model = HPDVAL(clip, TAGS, class_bias=bias, config=HPDVALConfig(score_norm=score_norm), teacher=False).eval()
+    model = HPDVAL(clip, TAGS, class_bias=bias, config=HPDVALConfig(score_norm=score_norm, alpha=0.4),
+                   teacher=False).eval()
     model.init_tag_bias([30, 3, 10, 1], 60)
     with torch.no_grad():
         model.prompts.ctx_local.add_(torch.randn(model.prompts.ctx_local.shape, generator=torch.Generator().manual_seed(4)))

@@ -30,7 +30,7 @@ MAX_LOGIT_SCALE = 100.0  # CLIP clamps its learned temperature here too
 
 @dataclass
 class HPDVALConfig:
-    alpha: float = 0.4  # weight of the global (CLS) view; 1 − alpha goes to the local (patch) view
+    alpha: float = 1.0  # weight of the global (CLS) view; 1 − alpha goes to the local (patch) view (paper: 0.4)
     topk: int | None = None  # patches pooled per tag in the local view; None: 16% of the patches
     ctx_init: str = CTX_INIT  # the M = 4 context vectors start as this phrase's token embeddings
     logit_scale_init: float | None = None  # γ (logits are γ·s); None: CLIP's own learned temperature
