@@ -4,7 +4,6 @@ import os
 import shutil
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from tagger.cli import cli

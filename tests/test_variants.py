@@ -1,7 +1,6 @@
 """Stored precision variants: on CPU `--model NAME` runs a validated int8 variant, else fp32."""
 import json
 
-import pytest
 from click.testing import CliRunner
 
 from tagger.cli import cli
