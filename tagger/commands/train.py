@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from tagger.errors import TaggerError
+from tagger.errors import EXIT_INTERRUPTED, TaggerError
 
 EXTRAS_HINT = 'training needs the training extras: pip install "tagger[train]"'
 
@@ -151,5 +151,5 @@ def train(labels, data, out, resume, quiet, **_options) -> None:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; continue with: tagger train --resume --out {out}", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     click.echo(f"run saved in {result.run_dir} ({result.elapsed_s:.0f}s); next: tagger export {result.run_dir}")
