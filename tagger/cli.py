@@ -18,8 +18,9 @@ COMMANDS = {
     "tag": "tagger.commands.tag:tag",
     "untag": "tagger.commands.untag:untag",
     "models": "tagger.commands.models:models",
-    "train": "tagger.commands.train:train",
-    "export": "tagger.commands.export:export",
+    # These two live with the training code; the binary and a runtime-only install lack it.
+    "train": "train.command:train",
+    "export": "export.command:export",
     "bench": "tagger.commands.bench:bench",
 }
 
@@ -51,24 +52,29 @@ class LazyGroup(click.Group):
             raise answer from None
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return [name for name in COMMANDS if self._load(name) is not None]
+        return list(COMMANDS)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        return self._load(name)
-
-    @staticmethod
-    def _load(name: str) -> click.Command | None:
         target = COMMANDS.get(name)
         if target is None:
             return None
         module_name, attr = target.split(":")
         try:
-            module = importlib.import_module(module_name)
+            return getattr(importlib.import_module(module_name), attr)
         except ModuleNotFoundError as exc:
-            if exc.name == module_name:  # command not built yet in this version
-                return None
-            raise
-        return getattr(module, attr)
+            answer = _training_extras_missing(exc, name)
+            if answer is None:
+                raise
+            return _unavailable(name, answer)
+
+
+def _unavailable(name: str, answer: click.ClickException) -> click.Command:
+    """A stand-in for a command whose code is not installed: any arguments, one line saying what to do."""
+    def fail() -> None:
+        raise answer
+
+    return click.Command(name, callback=fail, help=f"Not installed here: {answer.message}",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 
 
 @click.group(cls=LazyGroup, help=__doc__, context_settings={"help_option_names": ["-h", "--help"]})

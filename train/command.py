@@ -1,6 +1,8 @@
 """`tagger train`: fine-tune HP-DVAL on the user's tagged photos (DESIGN.md §5).
 
-This module imports no torch: `tagger --help` lists it without loading the training stack.
+It lives with the trainer, and tagger/ names it only in its command registry (tagger.cli), so the
+runtime and the binary carry no training code. This module imports no torch at load: `tagger --help`
+lists it without the training stack; a missing extra is answered by tagger.cli's LazyGroup.
 """
 from __future__ import annotations
 
@@ -11,9 +13,6 @@ from pathlib import Path
 import click
 
 from tagger.errors import EXIT_INTERRUPTED, TaggerError
-
-EXTRAS_HINT = 'training needs the training extras: pip install "tagger[train]"'
-
 
 # TrainConfig field -> the option that sets it, where the names differ (the flags say "no").
 _OPTION_OF = {"keywords": "no_keywords", "kd": "no_kd", "sc": "no_sc", "augment": "no_augment",
@@ -120,11 +119,6 @@ def train(labels, data, out, resume, quiet, **_options) -> None:
     stage 1 and stage 2 of HP-DVAL, and leaves in --out the best checkpoint, metrics.json and the
     per-tag thresholds. Next: `tagger export RUN_DIR`.
     """
-    from importlib.util import find_spec
-
-    # Say what to install before anything heavy loads; the binary and runtime-only installs lack these.
-    if find_spec("torch") is None or find_spec("open_clip") is None or find_spec("train") is None:
-        raise click.ClickException(EXTRAS_HINT)
     # Lazy by design (DESIGN.md §1): only this command, when run, loads the training package.
     from train.backbone import default_pretrained
     from train.runs import CONFIG, read_json

@@ -1,6 +1,7 @@
 """`tagger export`: a training run (or plain CLIP, zero-shot) to one self-describing `.onnx` model.
 
-torch, open_clip and the `export` package load inside the command, so the runtime never needs them.
+It lives with the exporter, and tagger/ names it only in its command registry (tagger.cli): torch,
+open_clip and the rest of `export` load inside the command, and a missing extra is answered there.
 """
 from __future__ import annotations
 
@@ -10,10 +11,7 @@ import click
 
 from tagger.errors import TaggerError
 
-TRAIN_EXTRAS = 'exporting needs the training extras: pip install "tagger[train]"'
 CALIBRATION_IMAGES = 64  # static int8 only
-# What `pip install "tagger[train]"` brings; a ModuleNotFoundError for one of these is a missing extra.
-TRAIN_MODULES = {"torch", "torchvision", "open_clip", "onnx", "onnxscript", "onnx_ir", "train", "export"}
 
 
 @click.command()
@@ -53,14 +51,10 @@ def export(run_dir, out, name, quantize, int8_method, min_agreement, force, zero
     as fp32 on at least 99% of them (--force overrides the latter).
     """
     _check_usage(run_dir, out, name, zero_shot, labels_file, backbone, pretrained, alpha, images_dir)
-    try:  # lazy by design (DESIGN.md §1): only this command, when run, loads the export package
-        from export.build import ExportSettings
-        from export.jobs import export_run, export_zero_shot
-        from export.onnx_export import ExportError
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in TRAIN_MODULES:
-            raise click.ClickException(f"{TRAIN_EXTRAS} (missing: {exc.name})") from None
-        raise
+    # Loaded when run, not when listed: these import torch (a missing one: tagger.cli answers).
+    from export.build import ExportSettings
+    from export.jobs import export_run, export_zero_shot
+    from export.onnx_export import ExportError
 
     settings = ExportSettings(variant=quantize or "fp32", int8_method=int8_method, min_agreement=min_agreement,
                               force=force)
