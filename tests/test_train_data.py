@@ -157,6 +157,24 @@ def test_cache_is_reused_and_pixels_come_from_the_runtime_decoder(data, tmp_path
     assert cache.stat().st_mtime_ns == stamp  # nothing decoded again
 
 
+def test_load_run_refuses_labels_and_thresholds_that_do_not_line_up(data, tmp_path):
+    from train.runs import RunError, load_run
+
+    args = ["--labels", data / "mytags.txt", "--data", data / "train", "--annotations", data / "train.csv",
+            "--epochs", 0, "--stage2-epochs", 0, "--drop-empty", "--out", tmp_path / "run"]
+    assert run_train(*args).exit_code == 0
+    metrics_file = tmp_path / "run" / "metrics.json"
+    good = json.loads(metrics_file.read_text())
+    load_run(tmp_path / "run")
+    swapped = dict(good, tags=[good["tags"][1], good["tags"][0], *good["tags"][2:]])
+    metrics_file.write_text(json.dumps(swapped))
+    with pytest.raises(RunError, match=f"tag 1 is {good['tags'][1]['tag']!r} here but"):
+        load_run(tmp_path / "run")
+    metrics_file.write_text(json.dumps(dict(good, thresholds=good["thresholds"][:-1])))
+    with pytest.raises(RunError, match="thresholds for .* tags in dataset.json"):
+        load_run(tmp_path / "run")
+
+
 def test_not_a_run_and_missing_extras_messages(tmp_path):
     from train.runs import RunError, load_run
 

@@ -130,6 +130,7 @@ def load_run(run_dir: str | Path) -> LoadedRun:
                                 "continue it with `tagger train --resume --out RUN_DIR`")
     dataset = read_json(run_dir / DATASET)
     metrics = read_json(run_dir / METRICS)
+    check_aligned(run_dir, dataset["labels"], metrics)
     model = rebuild_model(config, dataset["labels"])
     state = load_checkpoint(run_dir / BEST)
     try:
@@ -141,6 +142,24 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     return LoadedRun(run_dir=run_dir, model=model, parts=model.export_parts(), labels=list(dataset["labels"]),
                      thresholds=[float(t) for t in metrics["thresholds"]], preprocess=preprocess,
                      summary=model_summary(config, dataset, metrics), config=config, dataset=dataset)
+
+
+def check_aligned(run_dir: Path, labels: list[str], metrics: dict) -> None:
+    """The labels (dataset.json) and the thresholds (metrics.json) are joined by position: refuse a run
+    whose files do not line up (edited by hand, or mixed from two runs) instead of exporting a model that
+    tags with another tag's threshold. The checkpoint's own tag count is checked by its strict load."""
+    thresholds, tags = metrics.get("thresholds"), metrics.get("tags")
+    if not isinstance(thresholds, list) or len(thresholds) != len(labels):
+        raise RunError(run_dir / METRICS, f"{len(thresholds) if isinstance(thresholds, list) else 'no'} thresholds "
+                                          f"for {len(labels)} tags in {DATASET}: the files come from different runs")
+    named = [t.get("tag") if isinstance(t, dict) else None for t in tags] if isinstance(tags, list) else list(labels)
+    if len(named) != len(labels):
+        raise RunError(run_dir / METRICS, f"{len(named)} tags here, {len(labels)} in {DATASET}: "
+                                          "the files come from different runs")
+    for i, (here, there) in enumerate(zip(named, labels)):
+        if here != there:
+            raise RunError(run_dir / METRICS, f"tag {i + 1} is {here!r} here but {there!r} in {DATASET}: "
+                                              "the files come from different runs")
 
 
 def rebuild_model(config: dict, labels: list[str]) -> HPDVAL:
