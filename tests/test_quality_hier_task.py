@@ -4,18 +4,18 @@ import csv
 import numpy as np
 import pytest
 
-from bench.quality import tasks, world
+from bench.quality import hier_task, tasks, world
 from tagger.labels import leaf, parse_labels, read_labels
 from train.data import TagMatcher, collect_labels
 from train.metrics import frequency_group
 from train.split import stratified_split
 
-TINY = tasks.HierTaskConfig(n_pool=60, n_max=30, n_min=1, n_test=24, test_positives=2, shots=(1,), seeds=(0,))
+TINY = hier_task.HierTaskConfig(n_pool=60, n_max=30, n_min=1, n_test=24, test_positives=2, shots=(1,), seeds=(0,))
 
 
 @pytest.fixture(scope="module")
-def default_plan() -> tasks.HierPlan:
-    return tasks.plan_hier_task(tasks.HierTaskConfig())  # scenes only: no pixels, a fraction of a second
+def default_plan() -> hier_task.HierPlan:
+    return hier_task.plan_hier_task(hier_task.HierTaskConfig())  # scenes only: no pixels, a fraction of a second
 
 
 def _parents(tags: list[str]) -> dict[str, str]:
@@ -24,23 +24,23 @@ def _parents(tags: list[str]) -> dict[str, str]:
 
 
 def test_vocabulary_is_hierarchical_and_every_prompt_is_caption_language():
-    tags = tasks.hier_tags()
+    tags = hier_task.hier_tags()
     assert len(tags) >= 40 and len(set(tags)) == len(tags)
     parents = _parents(tags)
     assert len(parents) >= 20 and set(parents.values()) <= set(tags)  # parents are tags of their own
-    assert parse_labels(tasks._hier_labels_text(tags)) == tags  # the labels file says the same
+    assert parse_labels(hier_task._hier_labels_text(tags)) == tags  # the labels file says the same
     # The stand-in VLM only ever read kinds, colours and size words: a prompt made of them has a text prior.
     known = set(world.KINDS) | set(world.COLOURS) | set(world.SIZE_RADIUS)
     for tag in tags:
         assert set(leaf(tag).split()) <= known, tag
     matcher = TagMatcher(tags)
     assert all(matcher.match(leaf(t)) >= {tags.index(t)} for t in tags)  # leaves are unique names too
-    assert not {c.kind for c in tasks.HIER_LEAVES} & set(tasks.HIER_DISTRACTORS)
+    assert not {c.kind for c in hier_task.HIER_LEAVES} & set(hier_task.HIER_DISTRACTORS)
 
 
 def test_default_pool_is_long_tailed_past_200_to_1(default_plan):
-    cfg = tasks.HierTaskConfig()
-    leaf_counts = default_plan.lt.targets[:, [default_plan.tags.index(c.tag) for c in tasks.HIER_LEAVES]].sum(axis=0)
+    cfg = hier_task.HierTaskConfig()
+    leaf_counts = default_plan.lt.targets[:, [default_plan.tags.index(c.tag) for c in hier_task.HIER_LEAVES]].sum(axis=0)
     np.testing.assert_array_equal(leaf_counts, default_plan.leaf_counts)  # exact power-law counts
     assert leaf_counts[0] == cfg.n_max and leaf_counts.min() == cfg.n_min
     counts = default_plan.lt.targets.sum(axis=0)
@@ -53,16 +53,16 @@ def test_default_pool_is_long_tailed_past_200_to_1(default_plan):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fixed_groups_agree_with_tagger_trains_own_split(default_plan, seed):
     """Parents included: the groups from expected counts are the ones `tagger train` derives from its split."""
-    cfg, targets = tasks.HierTaskConfig(), default_plan.lt.targets
+    cfg, targets = hier_task.HierTaskConfig(), default_plan.lt.targets
     expected = [frequency_group(int(n)) for n in np.round(targets.sum(axis=0) * (1 - cfg.val_fraction))]
     train_idx, _ = stratified_split(targets, cfg.val_fraction, seed)
     assert [frequency_group(int(n)) for n in targets[train_idx].sum(axis=0)] == expected
 
 
 def test_test_set_and_few_shot_pools_are_balanced_over_leaves(default_plan):
-    cfg = tasks.HierTaskConfig()
+    cfg = hier_task.HierTaskConfig()
     leaves = [t for t in default_plan.tags if t not in _parents(default_plan.tags).values()]
-    assert len(leaves) == len(tasks.HIER_LEAVES)
+    assert len(leaves) == len(hier_task.HIER_LEAVES)
     columns = [default_plan.tags.index(t) for t in leaves]
     np.testing.assert_array_equal(default_plan.test.targets[:, columns].sum(axis=0), cfg.test_positives)
     for (k, _), shot in default_plan.shots.items():
@@ -87,7 +87,7 @@ def test_tags_are_read_off_the_rendered_objects(default_plan):
         for scene, row in zip(split.scenes, split.targets):
             expected = set()
             for thing in scene.things:
-                if thing.kind in tasks.HIER_DISTRACTORS:
+                if thing.kind in hier_task.HIER_DISTRACTORS:
                     continue
                 for attribute in (thing.colour, thing.size_word):
                     if f"{thing.kind}|{attribute} {thing.kind}" in tags:
@@ -99,8 +99,8 @@ def test_tags_are_read_off_the_rendered_objects(default_plan):
 
 
 def test_build_writes_what_tagger_train_reads(tmp_path):
-    task = tasks.build_task(TINY, tmp_path / "task")  # build_task hands a HierTaskConfig on
-    assert read_labels(task.labels_file) == task.tags == tasks.hier_tags()
+    task = hier_task.build_hier_task(TINY, tmp_path / "task")
+    assert read_labels(task.labels_file) == task.tags == hier_task.hier_tags()
     for split in [task.lt, task.test, *task.shots.values()]:
         photos = collect_labels(split.folder, task.tags, split.csv, keywords=False)
         assert [p.name for p in photos.paths] == [p.name for p in split.paths]
@@ -111,19 +111,19 @@ def test_build_writes_what_tagger_train_reads(tmp_path):
     np.testing.assert_array_equal(task.pool_counts, task.lt.targets.sum(axis=0))
     assert len(task.groups) == len(task.tags)
     before = task.lt.paths[0].stat().st_mtime_ns
-    again = tasks.build_hier_task(TINY, tmp_path / "task")  # complete: nothing rewritten
+    again = hier_task.build_hier_task(TINY, tmp_path / "task")  # complete: nothing rewritten
     assert again.lt.paths[0].stat().st_mtime_ns == before
     np.testing.assert_array_equal(again.test.targets, task.test.targets)
 
 
 def test_generation_is_seeded(tmp_path):
-    first, second = tasks.build_hier_task(TINY, tmp_path / "a"), tasks.build_hier_task(TINY, tmp_path / "b")
+    first, second = hier_task.build_hier_task(TINY, tmp_path / "a"), hier_task.build_hier_task(TINY, tmp_path / "b")
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
     assert len(files) > 100
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     np.testing.assert_array_equal(first.lt.targets, second.lt.targets)
-    other = tasks.plan_hier_task(tasks.HierTaskConfig(**{**TINY.__dict__, "seed": 1}))
+    other = hier_task.plan_hier_task(hier_task.HierTaskConfig(**{**TINY.__dict__, "seed": 1}))
     assert not np.array_equal(other.lt.targets, first.lt.targets)
-    assert TINY.key() != tasks.HierTaskConfig(**{**TINY.__dict__, "seed": 1}).key()
-    assert tasks.HierTaskConfig().key() not in (tasks.TaskConfig().key(), tasks.HIER_QUICK.key())
+    assert TINY.key() != hier_task.HierTaskConfig(**{**TINY.__dict__, "seed": 1}).key()
+    assert hier_task.HierTaskConfig().key() not in (tasks.TaskConfig().key(), hier_task.HIER_QUICK.key())

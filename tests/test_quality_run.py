@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.quality import pretrain_vlm, run_all, tasks
+from bench.quality import hier_task, pretrain_vlm, run_all, tasks
 from bench.quality.methods import Schedule
 from train.runs import load_run
 
@@ -15,7 +15,7 @@ METHODS = ["zero_shot", "linear_probe", "default", "no_kd"]
 def toy_plan(settings=("long-tailed", "1-shot")) -> run_all.Plan:
     objects = tasks.TaskConfig(n_pool=40, n_max=16, exponent=1.0, shift=0.0, n_test=24, test_positives=3,
                                shots=(1,), seeds=(0,))
-    hier = tasks.HierTaskConfig(n_pool=60, n_max=20, n_min=2, n_test=36, test_positives=2, shots=(1,), seeds=(0,))
+    hier = hier_task.HierTaskConfig(n_pool=60, n_max=20, n_min=2, n_test=36, test_positives=2, shots=(1,), seeds=(0,))
     return run_all.Plan(
         vlm=pretrain_vlm.PretrainConfig(n_scenes=128, epochs=1, batch_size=64, warmup_steps=1, n_heldout=40),
         tasks=(run_all.TaskSpec("objects", "Task A", objects, True), run_all.TaskSpec("hier", "Task B", hier, False)),
