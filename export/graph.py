@@ -24,6 +24,7 @@ class ScoringGraph(nn.Module):
         self.register_buffer("P_L", parts.P_L.detach().float().clone())
         self.register_buffer("class_bias", parts.class_bias.detach().float().clone())
         self.register_buffer("P_ref", None if parts.P_ref is None else parts.P_ref.detach().float().clone())
+        self.head = None if parts.head is None else parts.head.eval()
         self.parts = parts
 
     @property
@@ -36,5 +37,5 @@ class ScoringGraph(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         parts = dataclasses.replace(self.parts, visual=self.visual, P_G=self.P_G, P_L=self.P_L,
-                                    class_bias=self.class_bias, P_ref=self.P_ref)
+                                    class_bias=self.class_bias, P_ref=self.P_ref, head=self.head)
         return score_images(parts, image)

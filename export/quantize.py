@@ -31,6 +31,7 @@ from tagger.modelfile import MIN_AGREEMENT  # noqa: E402
 # Ops whose weights carry almost all the compute in a ViT; quantizing Conv too (the patch embedding,
 # one small op) costs agreement for no speed.
 INT8_OPS = ["MatMul", "Gemm"]
+TOWER_PROJECTION = "visual.proj"  # export.graph.ScoringGraph's tower output projection, an initializer
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,16 @@ def quantize_int8(fp32: bytes, method: str = "dynamic", calibration: np.ndarray 
 
 
 def scoring_head_nodes(proto: onnx.ModelProto) -> list[str]:
-    """Names of the MatMul/Gemm nodes after the last LayerNormalization (the tower's ln_post)."""
+    """Names of the MatMul/Gemm nodes from the tower's output projection (`visual.proj`) on: the
+    projections, the tag-score products and a q2l head decide the tags and stay fp32; the tower's
+    blocks before them carry the compute and are quantized. (Nodes are in topological order, so
+    everything that reads the projected tokens comes after the first product with `visual.proj`.)"""
     nodes = list(proto.graph.node)
-    norms = [i for i, node in enumerate(nodes) if node.op_type == "LayerNormalization"]
-    if not norms:
-        return []
-    return [node.name for node in nodes[norms[-1]:] if node.op_type in INT8_OPS]
+    start = next((i for i, node in enumerate(nodes) if TOWER_PROJECTION in node.input), None)
+    if start is None:
+        raise ExportError(f"int8: the graph has no {TOWER_PROJECTION!r} product to keep the scoring head in "
+                          "fp32 from; use --variant fp32 or fp16")
+    return [node.name for node in nodes[start:] if node.op_type in INT8_OPS]
 
 
 def convert_fp16(fp32: bytes) -> bytes:

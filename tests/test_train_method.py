@@ -222,8 +222,9 @@ def test_resume_with_changed_settings_is_refused(synthetic, checkpoint, tmp_path
 
 def test_cli_choices_are_the_trainers():
     # The train command imports no torch at load (--help lists it), so it lists the choices itself.
-    from train.command import LOSS_CHOICES, SCORE_NORM_CHOICES
+    from train.command import HEAD_CHOICES, LOSS_CHOICES, SCORE_NORM_CHOICES
     from train.losses import LOSSES
     from train.model import SCORE_NORMS
+    from train.q2l import HEADS
 
-    assert LOSS_CHOICES == LOSSES and SCORE_NORM_CHOICES == SCORE_NORMS
+    assert LOSS_CHOICES == LOSSES and SCORE_NORM_CHOICES == SCORE_NORMS and HEAD_CHOICES == HEADS

@@ -17,9 +17,11 @@ from tagger.errors import EXIT_INTERRUPTED, TaggerError
 # TrainConfig field -> the option that sets it, where the names differ (the flags say "no").
 _OPTION_OF = {"keywords": "no_keywords", "kd": "no_kd", "sc": "no_sc", "augment": "no_augment",
               "wise_ft": "no_wise_ft"}
-# Kept in step with train.losses.LOSSES and train.model.SCORE_NORMS by tests (this module imports no torch).
+# Kept in step with train.losses.LOSSES, train.model.SCORE_NORMS and train.q2l.HEADS by a test (this
+# module imports no torch).
 LOSS_CHOICES = ("bce", "dbstar", "db", "db-official", "asl")
 SCORE_NORM_CHOICES = ("center", "l2", "none")
+HEAD_CHOICES = ("dual-view", "q2l")
 
 
 def _settings(ctx: click.Context, field_names: list[str], saved: dict | None) -> dict:
@@ -87,7 +89,13 @@ def _parse_stages(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--score-norm", type=click.Choice(SCORE_NORM_CHOICES), default=None,
               help="Per-photo normalisation of each view's tag scores [default: center].")
 @click.option("--alpha", type=click.FloatRange(0.0, 1.0), default=None,
-              help="Weight of the global (CLS) view against the local (patch) view [default: 0.4].")
+              help="Weight of the global (CLS) view against the local (patch) view [default: 1; the paper's 0.4 "
+                   "lost on the benchmark].")
+@click.option("--head", type=click.Choice(HEAD_CHOICES), default=None,
+              help="dual-view: tag prompts against the photo [default]; q2l: + a Query2Label head over the "
+                   "photo's patches, started at zero-shot (docs/training.md).")
+@click.option("--head-lr", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Stage 1 rate of the q2l head [default: 1e-3].")
 @click.option("--topk", type=click.IntRange(min=1), default=None,
               help="Patches pooled per tag in the local view [default: 16% of the patches].")
 @click.option("--no-kd", is_flag=True, help="Stage 1 without knowledge distillation from the frozen tower "

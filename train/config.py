@@ -15,6 +15,7 @@ import torch
 from tagger.errors import TaggerError
 from train.losses import LOSSES
 from train.model import SCORE_NORMS
+from train.q2l import HEADS
 
 Log = Callable[[str], None]
 
@@ -57,6 +58,8 @@ class TrainConfig:
     seed: int = 0
     loss: str = "bce"  # one of train.losses.LOSSES
     score_norm: str = "center"  # per-photo normalisation of the scores: center | l2 | none (train.model)
+    head: str = "dual-view"  # "q2l": + a Query2Label head's residual logit (train.q2l), trained in stage 1
+    head_lr: float = 1e-3  # AdamW rate of the q2l head (a new module: it starts from zero, not from CLIP)
     alpha: float = 1.0  # global-view weight (paper 0.4; the local view lost on both benchmark tasks)
     topk: int | None = None  # local-view pooled patches; None: 16% of the patches
     kd: bool = True  # L_kd in stage 1
@@ -79,6 +82,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise TrainError(None, f"--loss must be one of {', '.join(LOSSES)}")
     if cfg.score_norm not in SCORE_NORMS:
         raise TrainError(None, f"--score-norm must be one of {', '.join(SCORE_NORMS)}")
+    if cfg.head not in HEADS:
+        raise TrainError(None, f"--head must be one of {', '.join(HEADS)}")
     if not cfg.stages or any(s not in (1, 2) for s in cfg.stages):
         raise TrainError(None, "--stages must be 1,2 or 1 or 2")
     if cfg.sc_branch not in ("global", "local"):

@@ -21,6 +21,7 @@ from torch import nn
 
 from train.backbone import LoadedClip
 from train.prompts import CTX_INIT, NULL_PROMPT, PromptLearner, TextEncoder, encode_prompts, encode_text
+from train.q2l import HEADS, Q2LHead
 
 TOPK_FRACTION = 0.16  # k ≈ 16% of the patches: 32 of 196 (B/16), 8 of 49 (B/32)
 # How a view's per-tag scores are made comparable across photos before the per-tag bias (module doc).
@@ -35,6 +36,8 @@ class HPDVALConfig:
     ctx_init: str = CTX_INIT  # the M = 4 context vectors start as this phrase's token embeddings
     logit_scale_init: float | None = None  # γ (logits are γ·s); None: CLIP's own learned temperature
     score_norm: str = "center"  # per-photo normalisation of each view's scores: center | l2 | none
+    head: str = "dual-view"  # "q2l": add a Query2Label head's residual logit (train.q2l)
+    head_layers: int = 1  # decoder layers of the q2l head
 
 
 @dataclass
@@ -58,6 +61,7 @@ class ExportParts:
     image_size: int
     score_norm: str = "none"
     P_ref: torch.Tensor | None = None  # [R, D] reference prompts joining the per-photo normalisation
+    head: nn.Module | None = None  # train.q2l.Q2LHead: its residual logit is added before the bias
 
 
 def default_topk(n_patches: int) -> int:
@@ -153,6 +157,11 @@ class HPDVAL(nn.Module):
             # P_H through the prompt path with the initial context == encode_text("a photo of a {tag}.")
             self.register_buffer("text_hand", encode_prompts(self.text, self.prompts, self.prompts.ctx_init))
             self.register_buffer("text_null", encode_text(clip.model, clip.tokenizer, [NULL_PROMPT]))
+        if config.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)}, not {config.head!r}")
+        dim = self.text_hand.shape[1]
+        self.head = (Q2LHead(self.text_hand, layers=config.head_layers, heads=max(1, dim // 64))
+                     if config.head == "q2l" else None)
 
     # -- text side ---------------------------------------------------------------------------------
     def text_features(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,6 +182,8 @@ class HPDVAL(nn.Module):
         """Logits z [B, C] before the loss's class bias υ (the learned tag bias is in)."""
         z = dual_view_logits(f_cls.float(), f_patch.float(), P_G.float(), P_L.float(), self.alpha, self.topk,
                              self.logit_scale, self.score_norm, self.text_null)
+        if self.head is not None:
+            z = z + self.head(f_cls.float(), f_patch.float())
         return z + self.tag_bias
 
     def init_tag_bias(self, class_counts, n_images: int, mean_logits: torch.Tensor | None = None) -> None:
@@ -190,9 +201,10 @@ class HPDVAL(nn.Module):
 
     # -- stages --------------------------------------------------------------------------------------
     def stage_parameters(self, stage: int) -> list[nn.Parameter]:
-        """Stage 1 trains the student tower, γ and the tag bias; stage 2 the two contexts and the tag bias."""
+        """Stage 1 trains the student tower, γ, the tag bias and the head; stage 2 the two contexts and the tag bias."""
         if stage == 1:
-            return [*self.student.parameters(), self.logit_scale, self.tag_bias]
+            head = [] if self.head is None else list(self.head.parameters())
+            return [*self.student.parameters(), self.logit_scale, self.tag_bias, *head]
         if stage == 2:
             return [self.prompts.ctx_global, self.prompts.ctx_local, self.tag_bias]
         raise ValueError(f"no stage {stage}")
@@ -217,6 +229,7 @@ class HPDVAL(nn.Module):
             alpha=self.alpha, topk=self.topk, logit_scale=float(self.logit_scale.detach()),
             class_bias=(self.class_bias + self.tag_bias).detach().clone(), mean=self.mean, std=self.std,
             image_size=self.image_size, score_norm=self.score_norm, P_ref=self.text_null.detach().clone(),
+            head=self.head,
         )
 
 
@@ -229,4 +242,6 @@ def score_images(parts: ExportParts, images_uint8_nhwc: torch.Tensor) -> torch.T
     P_ref = None if parts.P_ref is None else parts.P_ref.to(f_cls.dtype)
     logits = dual_view_logits(f_cls, f_patch, P_G, P_L, parts.alpha, parts.topk, parts.logit_scale,
                               parts.score_norm, P_ref)
+    if parts.head is not None:
+        logits = logits + parts.head(f_cls, f_patch)
     return torch.sigmoid(logits + parts.class_bias.to(logits.dtype))

@@ -169,7 +169,8 @@ def rebuild_model(config: dict, labels: list[str]) -> HPDVAL:
     clip = LoadedClip(model=clip_model, tokenizer=tokenizer_for(spec["clip_config"]),
                       preprocess=Preprocess.from_dict(spec["preprocess"]), mean=tuple(spec["mean"]),
                       std=tuple(spec["std"]), name=config["train"]["backbone"], config=spec["clip_config"])
-    hp = HPDVALConfig(alpha=spec["alpha"], topk=spec["topk"], ctx_init=spec["ctx_init"], score_norm=spec["score_norm"])
+    hp = HPDVALConfig(alpha=spec["alpha"], topk=spec["topk"], ctx_init=spec["ctx_init"], score_norm=spec["score_norm"],
+                      head=spec.get("head", "dual-view"), head_layers=spec.get("head_layers", 1))
     return HPDVAL(clip, labels, class_bias=None, config=hp, teacher=False)
 
 

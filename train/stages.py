@@ -29,12 +29,16 @@ WISE_FT_MIXES = (0.25, 0.5, 0.75)  # weight of the fine-tuned student; 0 and 1 a
 BIAS_SAMPLE = 512  # training photos whose mean logit starts the tag bias (one inference pass)
 
 
-def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    # No decay on gains, biases, γ or the tag bias: only on matrices.
-    decay = [p for p in params if p.ndim >= 2]
-    rest = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+def make_optimizer(params: list[torch.nn.Parameter], lr: float, weight_decay: float,
+                   own_rates: dict[int, float] | None = None) -> torch.optim.AdamW:
+    """AdamW at `lr`, except parameters whose id() is in own_rates (a new head trains faster than a
+    pretrained tower). No decay on gains, biases, γ or the tag bias: only on matrices."""
+    own_rates = own_rates or {}
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for p in params:
+        groups.setdefault((own_rates.get(id(p), lr), p.ndim >= 2), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "lr": rate, "weight_decay": weight_decay if decays else 0.0}
+                              for (rate, decays), ps in groups.items()], lr=lr)
 
 
 def epoch_rng(seed: int, stage: int, epoch: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -103,8 +107,11 @@ class Trainer:
         self.state: dict = {"stage": 0, "epoch": 0}  # last completed (stage, epoch)
         self.timings: dict = {}
         self.train_targets = torch.from_numpy(data.targets[data.train_idx].astype(np.float32))
-        # The pretrained student, for WiSE-FT (kept on the CPU: one copy of the tower's weights).
-        self.pretrained_student = {k: v.detach().cpu().clone() for k, v in model.student.state_dict().items()}
+        # The starting weights of what stage 1 trains, for WiSE-FT (kept on the CPU): the pretrained
+        # tower, and the q2l head at its start (zero residual).
+        self.mixed = {"student": model.student} | ({"head": model.head} if model.head is not None else {})
+        self.starts = {name: {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                       for name, module in self.mixed.items()}
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _consider(self, stage: int, epoch: int, summary: dict, model_state: dict, **extra) -> bool:
@@ -187,7 +194,9 @@ class Trainer:
         params = model.set_stage(1)
         if cfg.train_blocks > 0:
             params = self._last_blocks_only(cfg.train_blocks)
-        optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay)
+        head = [] if model.head is None else list(model.head.parameters())
+        optimizer = make_optimizer(params + [p for p in head if all(p is not q for q in params)], cfg.lr,
+                                   cfg.weight_decay, {id(p): cfg.head_lr for p in head})
         total_steps = cfg.epochs * steps_per_epoch(len(self.data.train_idx), cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
         ema = EMA(model.student, cfg.ema) if cfg.ema > 0 else None
@@ -270,22 +279,24 @@ class Trainer:
 
         Mixing keeps what the pretrained tower knew about tags the few training photos say little
         about; validation picks w (w = 0 is the untrained candidate, w = 1 the last epoch). The
-        student is left at the fine-tuned weights; stage 2 starts from best.pt.
+        student is left at the fine-tuned weights; stage 2 starts from best.pt. A q2l head mixes toward
+        its start (a zero residual) with the same w.
         """
-        student = self.model.student
-        tuned = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        tuned = {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
+                 for name, module in self.mixed.items()}
         try:
             for w in WISE_FT_MIXES:
-                mixed = {k: torch.lerp(self.pretrained_student[k].to(v.device, v.dtype), v, w)
-                         if v.is_floating_point() else v for k, v in tuned.items()}
-                student.load_state_dict(mixed)
+                for name, module in self.mixed.items():
+                    module.load_state_dict({k: torch.lerp(self.starts[name][k].to(v.device, v.dtype), v, w)
+                                            if v.is_floating_point() else v for k, v in tuned[name].items()})
                 started = time.perf_counter()
                 summary, _ = evaluate(self.model, self.data, self.device, self._eval_batch())
                 improved = self._consider(1, self.cfg.epochs, summary, self.model.inference_state_dict(), wise_ft=w)
                 self._record(1, self.cfg.epochs, None, summary, time.perf_counter() - started, 0, wise_ft=w)
                 self._log_epoch(1, f"WiSE-FT mix {w:g}", self.cfg.epochs, None, summary, improved, 0.0, 0)
         finally:
-            student.load_state_dict(tuned)
+            for name, module in self.mixed.items():
+                module.load_state_dict(tuned[name])
 
     # -- stage 2 -------------------------------------------------------------------------------------
     def stage2(self, resume: dict | None) -> None:

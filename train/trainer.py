@@ -44,7 +44,8 @@ def run_config(cfg: TrainConfig, clip: LoadedClip, model: HPDVAL, name: str) -> 
         "train": {**asdict(cfg), "stages": list(cfg.stages)},
         "model": {"clip_config": clip.config, "mean": list(clip.mean), "std": list(clip.std),
                   "preprocess": clip.preprocess.to_dict(), "alpha": model.alpha, "topk": model.topk,
-                  "ctx_init": model.config.ctx_init, "score_norm": model.score_norm},
+                  "ctx_init": model.config.ctx_init, "score_norm": model.score_norm,
+                  "head": model.config.head, "head_layers": model.config.head_layers},
     }
 
 
@@ -54,7 +55,7 @@ def build_model(cfg: TrainConfig, clip: LoadedClip, data: Prepared, device: torc
     loss_fn = make_loss(cfg.loss, train_counts, len(data.train_idx)).to(device)
     torch.manual_seed(cfg.seed)
     model = HPDVAL(clip, data.labels, class_bias=loss_fn.class_bias.cpu(),
-                   config=HPDVALConfig(alpha=cfg.alpha, topk=cfg.topk, score_norm=cfg.score_norm),
+                   config=HPDVALConfig(alpha=cfg.alpha, topk=cfg.topk, score_norm=cfg.score_norm, head=cfg.head),
                    teacher=1 in cfg.stages and cfg.kd and cfg.kd_weight > 0)
     model.init_tag_bias(train_counts, len(data.train_idx))
     return model.to(device), loss_fn
