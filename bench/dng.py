@@ -98,11 +98,11 @@ def preview_jpeg(rgb: np.ndarray, quality: int = 90, orientation: int | None = N
 
 
 def write_dng(path: Path, rgb: np.ndarray, *, orientation: int = 1, preview: np.ndarray | bytes | None = None,
-              make: str = "Tagger", model: str = "Test Camera") -> Path:
+              bitmap_preview: bool = False, make: str = "Tagger", model: str = "Test Camera") -> Path:
     """A DNG of the scene `rgb` (uint8 [H, W, 3], as stored by the sensor, before orientation).
 
-    `preview`: an RGB array (saved as a baseline JPEG) or JPEG bytes for IFD 0; None leaves the
-    file without one. `orientation` is the EXIF orientation (1-8) the camera recorded.
+    `preview`: an RGB array (saved as a baseline JPEG, or uncompressed with `bitmap_preview`, as
+    some older cameras store it) or JPEG bytes for IFD 0; None leaves the file without one. `orientation` is the EXIF orientation (1-8) the camera recorded.
     """
     raw = mosaic(rgb)
     raw_data = raw.astype("<u2").tobytes()
@@ -124,14 +124,19 @@ def write_dng(path: Path, rgb: np.ndarray, *, orientation: int = 1, preview: np.
     if preview is None:
         path.write_bytes(_placed([{**raw_ifd, **camera}], [raw_data], [(0, 273, 0)]))
         return path
-    jpeg = preview if isinstance(preview, bytes) else preview_jpeg(preview)
-    with Image.open(io.BytesIO(jpeg)) as img:
-        width, height = img.size
+    if bitmap_preview:  # uncompressed 8-bit RGB strips
+        data, (height, width) = np.ascontiguousarray(preview, np.uint8).tobytes(), preview.shape[:2]
+        compression, photometric = 1, 2
+    else:  # a baseline JPEG (DNG's "JPEG" compression 7, YCbCr)
+        data = preview if isinstance(preview, bytes) else preview_jpeg(preview)
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+        compression, photometric = 7, 6
     first = {
         **camera,
         254: (_LONG, [1]), 256: (_LONG, [width]), 257: (_LONG, [height]), 258: (_SHORT, [8, 8, 8]),
-        259: (_SHORT, [7]), 262: (_SHORT, [6]), 273: (_LONG, [0]), 277: (_SHORT, [3]),
-        278: (_LONG, [height]), 279: (_LONG, [len(jpeg)]), 284: (_SHORT, [1]), 330: (_LONG, [0]),
+        259: (_SHORT, [compression]), 262: (_SHORT, [photometric]), 273: (_LONG, [0]), 277: (_SHORT, [3]),
+        278: (_LONG, [height]), 279: (_LONG, [len(data)]), 284: (_SHORT, [1]), 330: (_LONG, [0]),
     }
-    path.write_bytes(_placed([first, raw_ifd], [jpeg, raw_data], [(0, 273, 0), (0, 330, -2), (1, 273, 1)]))
+    path.write_bytes(_placed([first, raw_ifd], [data, raw_data], [(0, 273, 0), (0, 330, -2), (1, 273, 1)]))
     return path

@@ -62,6 +62,12 @@ def test_preview_gets_the_raw_files_orientation_not_its_own(tmp_path, orientatio
 
 
 @needs_rawpy
+def test_uncompressed_preview_is_used_and_turned_upright(tmp_path):
+    dng = write_dng(tmp_path / "old_camera.dng", SCENE, preview=SCENE, bitmap_preview=True, orientation=6)
+    assert np.array_equal(np.asarray(open_oriented(dng, min_side=SPEC.size)), np.rot90(SCENE, k=-1))
+
+
+@needs_rawpy
 @pytest.mark.parametrize("orientation, expected", [(1, ("red", "green", "blue", "green")),
                                                    (6, ("blue", "red", "green", "green"))])
 def test_raw_without_preview_is_demosaiced_at_half_size(tmp_path, orientation, expected):

@@ -87,10 +87,12 @@ def bench(folder, model_spec, photos, batch_sizes, seconds, as_json) -> None:
     click.echo(f"{report['machine']}; model {report['model']}; {report['photos']} photos")
     if "raw" in report:
         raw = report["raw"]
-        click.echo(f"RAW files ({raw['files']}), decode only: {raw['as_tagged']:.1f} photos/s as tagged "
-                   f"(embedded preview where usable), {raw['demosaic']:.1f} photos/s by half-size demosaic "
-                   f"({raw['as_tagged'] / raw['demosaic']:.1f}x)" if raw["demosaic"] else
-                   f"RAW files ({raw['files']}): {raw['as_tagged']:.1f} photos/s as tagged")
+        line = (f"RAW files ({raw['files']}), decode only: {raw['as_tagged']:.1f} photos/s as tagged "
+                f"(embedded preview where usable)")
+        if raw["demosaic"]:  # 0 when none of the first few could be decoded
+            line += (f", {raw['demosaic']:.1f} photos/s by half-size demosaic "
+                     f"({raw['as_tagged'] / raw['demosaic']:.1f}x)")
+        click.echo(line)
     for device, row in report["devices"].items():
         if "error" in row:
             click.echo(f"{device:8s} unavailable: {row['error']}")
