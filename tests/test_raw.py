@@ -68,8 +68,12 @@ def test_uncompressed_preview_is_used_and_turned_upright(tmp_path):
 
 
 @needs_rawpy
-@pytest.mark.parametrize("orientation, expected", [(1, ("red", "green", "blue", "green")),
-                                                   (6, ("blue", "red", "green", "green"))])
+@pytest.mark.parametrize("orientation, expected", [
+    (1, ("red", "green", "blue", "green")),
+    (3, ("green", "blue", "green", "red")),
+    (6, ("blue", "red", "green", "green")),
+    (8, ("green", "green", "red", "blue")),
+])
 def test_raw_without_preview_is_demosaiced_at_half_size(tmp_path, orientation, expected):
     dng = write_dng(tmp_path / "bare.dng", SCENE, orientation=orientation)
     img = open_oriented(dng, min_side=SPEC.size)
