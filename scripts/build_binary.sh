@@ -15,6 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The binary venv must import the package it installed, never a checkout named by the caller's
+# PYTHONPATH (a test run from a worktree sets it): tagger.spec refuses to bundle a source tree.
+unset PYTHONPATH
 PYTHON="${PYTHON:-python3}"
 VENV="${BINARY_VENV:-build/binary-venv}"
 STAMPS=build/binary-stamps

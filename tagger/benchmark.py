@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
+from tagger.errors import TaggerError
+from tagger.images import Preprocess, load_image, resize_image
 from tagger.modelfile import TaggerModel
 from tagger.pipeline import decode_stream
 from tagger.tagging import Decision, TagRun
@@ -60,6 +63,34 @@ def decode_rate(paths: Sequence[Path], model: TaggerModel, workers: int) -> floa
     start = time.perf_counter()
     count = sum(1 for _ in decode_stream(paths, model.info.preprocess, workers, window=4 * workers))
     return count / (time.perf_counter() - start)
+
+
+def threaded_rate(decode: Callable[[Path], object], paths: Sequence[Path], workers: int) -> float:
+    """Photos/s that `decode` gets through on `workers` threads; photos it cannot read are not counted."""
+    def one(path: Path) -> bool:
+        try:
+            decode(path)
+        except TaggerError:
+            return False
+        return True
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = sum(pool.map(one, paths))
+    return done / (time.perf_counter() - start)
+
+
+def raw_decode_rates(paths: Sequence[Path], spec: Preprocess, workers: int, demosaic_photos: int = 8
+                     ) -> dict[str, float]:
+    """RAW files to model input, photos/s: as `tagger tag` decodes them (the embedded preview when
+    it is large enough) and by the half-size demosaic it falls back to (on the first few files)."""
+    from tagger.raw import open_raw
+
+    return {
+        "as_tagged": threaded_rate(lambda p: load_image(p, spec), paths, workers),
+        "demosaic": threaded_rate(lambda p: resize_image(open_raw(p, spec.size, use_preview=False), spec),
+                                  paths[:demosaic_photos], workers),
+    }
 
 
 def model_rate(model: TaggerModel, batch_size: int, seconds: float = 5.0) -> float:

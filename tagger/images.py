@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -90,8 +91,12 @@ def _register_heif_opener() -> bool:
 
 @functools.cache
 def image_extensions() -> frozenset[str]:
-    """The file extensions discovery looks for (lower case, with the dot)."""
-    return (PILLOW_EXTENSIONS | HEIF_EXTENSIONS) if register_heif() else PILLOW_EXTENSIONS
+    """The file extensions discovery looks for (lower case, with the dot). RAW files are looked for
+    even without the RAW decoder installed: each then says how to get it, instead of a silent skip."""
+    from tagger.raw import RAW_EXTENSIONS
+
+    pillow = (PILLOW_EXTENSIONS | HEIF_EXTENSIONS) if register_heif() else PILLOW_EXTENSIONS
+    return pillow | RAW_EXTENSIONS
 
 
 def is_image_name(name: str) -> bool:
@@ -112,12 +117,14 @@ def _pillow_guard_at_our_limit() -> Iterator[int | None]:
             Image.MAX_IMAGE_PIXELS = own
 
 
-def _open_checked(path: str | os.PathLike, min_side: int | None, max_pixels: int) -> Image.Image:
-    """Open a photo and refuse it by the size in its header, before any pixel is decoded."""
-    if os.path.splitext(os.fspath(path))[1].lower() in HEIF_EXTENSIONS:
+def open_checked(path: str | os.PathLike, min_side: int | None, max_pixels: int,
+                 source: BinaryIO | None = None) -> Image.Image:
+    """Open a photo and refuse it by the size in its header, before any pixel is decoded.
+    `source` reads the image from a file object instead (a RAW file's preview); `path` names it."""
+    if source is None and os.path.splitext(os.fspath(path))[1].lower() in HEIF_EXTENSIONS:
         register_heif()
     with _pillow_guard_at_our_limit() as pillow_limit:
-        img = Image.open(path)
+        img = Image.open(path if source is None else source)
         try:
             width, height = img.size
             if width * height > max_pixels:
@@ -136,9 +143,14 @@ def _open_checked(path: str | os.PathLike, min_side: int | None, max_pixels: int
 def open_oriented(path: str | os.PathLike, min_side: int | None = None,
                   max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode a photo upright in RGB. With `min_side`, large JPEGs decode at a reduced scale
-    (DCT draft mode) that still keeps both sides at least `min_side`: 4x less work on a 12 MP photo."""
+    (DCT draft mode) that still keeps both sides at least `min_side`: 4x less work on a 12 MP photo.
+    Camera RAW files go through tagger.raw (their embedded preview, or a half-size demosaic)."""
+    from tagger.raw import is_raw_name, open_raw  # (tagger.raw imports this module)
+
     try:
-        with _open_checked(path, min_side, max_pixels) as img:
+        if is_raw_name(path):
+            return open_raw(path, min_side, max_pixels)
+        with open_checked(path, min_side, max_pixels) as img:
             img.load()
             img = _orient(img)
             return to_rgb(img)

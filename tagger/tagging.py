@@ -13,6 +13,7 @@ from tagger.discover import iter_photos
 from tagger.errors import TaggerError
 from tagger.modelfile import TaggerModel
 from tagger.pipeline import run_model
+from tagger.raw import embed_refusal
 from tagger.writers import ModelRef, PhotoResult, Writer
 from tagger.writers.json_sidecar import sidecar_document
 
@@ -46,13 +47,19 @@ class Summary:
     tagged: int = 0
     skipped: int = 0  # outputs already up to date for this model
     failed: list[TaggerError] = field(default_factory=list)
+    # An output the user asked for that this photo must not get (embed into a proprietary RAW):
+    # said once per photo, not a failure.
+    not_written: list[TaggerError] = field(default_factory=list)
     interrupted: bool = False
 
     def lines(self) -> list[str]:
         head = f"{self.tagged} tagged, {self.skipped} skipped (up to date), {len(self.failed)} failed"
+        if self.not_written:
+            head += f", {len(self.not_written)} not written into (see below)"
         if self.interrupted:
             head = "Interrupted: " + head + ". Run the same command again to finish."
-        return [head] + [f"  failed: {error}" for error in self.failed]
+        return ([head] + [f"  skipped: {note}" for note in self.not_written]
+                + [f"  failed: {error}" for error in self.failed])
 
 
 @dataclass
@@ -91,11 +98,20 @@ class TagRun:
                 writer.close()
         return summary
 
+    def _writers_for(self, photo: Path) -> list[Writer]:
+        """The writers that may write this photo's outputs: none that writes into a proprietary RAW."""
+        if embed_refusal(photo) is None:
+            return self.writers
+        return [writer for writer in self.writers if not writer.changes_photo]
+
     def _needing_work(self, found: Iterator[Path | TaggerError], model_ref: ModelRef, summary: Summary
                       ) -> Iterator[Path]:
         for item in found:
             if isinstance(item, TaggerError):
                 summary.failed.append(item)
+                self.progress(1)
+            elif self.writers and not self._writers_for(item):  # nothing to write: not worth decoding
+                summary.not_written.append(TaggerError(item, embed_refusal(item)))
                 self.progress(1)
             elif not self.force and not self.dry_run and self._is_current(item, model_ref):
                 summary.skipped += 1
@@ -108,7 +124,7 @@ class TagRun:
             stat = photo.stat()
         except OSError:
             return False  # decoding will report it
-        return all(writer.is_current(photo, stat, model_ref) for writer in self.writers)
+        return all(writer.is_current(photo, stat, model_ref) for writer in self._writers_for(photo))
 
     def _write(self, result: PhotoResult, summary: Summary) -> None:
         if self.dry_run:
@@ -116,9 +132,12 @@ class TagRun:
             summary.tagged += 1
             return
         errors = []
+        writers = self._writers_for(result.path)
+        if len(writers) < len(self.writers):
+            summary.not_written.append(TaggerError(result.path, embed_refusal(result.path)))
         # A writer that changes the photo itself (embed) goes first; the others then record the
         # photo's size after that write, so the next run finds every output up to date.
-        for writer in sorted(self.writers, key=lambda w: not w.changes_photo):
+        for writer in sorted(writers, key=lambda w: not w.changes_photo):
             try:
                 writer.write(result)
             except TaggerError as exc:

@@ -147,6 +147,30 @@ def test_heic_photos_are_decoded(binary, colour_model, tmp_path):
     assert [t["tag"] for t in sidecar["tags"]] == ["blue"]
 
 
+def test_raw_photos_are_decoded_and_proprietary_ones_never_written_into(binary, colour_model, tmp_path):
+    import numpy as np
+
+    from bench.dng import write_dng
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    blue = np.full((120, 160, 3), (20, 20, 230), np.uint8)
+    write_dng(photos / "IMG_0001.dng", blue, preview=blue, orientation=6)
+    write_dng(photos / "IMG_0002.CR2", blue)  # no preview: demosaiced by the bundled LibRaw
+    original = (photos / "IMG_0002.CR2").read_bytes()
+
+    result = run_binary(binary, "tag", str(photos), "--model", str(colour_model), "--write", "json,embed", "-q",
+                        home=tmp_path, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    for name in ("IMG_0001.dng", "IMG_0002.CR2"):
+        assert [t["tag"] for t in json.loads((photos / f"{name}.json").read_text())["tags"]] == ["blue"], name
+    assert (photos / "IMG_0002.CR2").read_bytes() == original
+    assert "skipped:" in result.stderr and "IMG_0002.CR2" in result.stderr
+    if shutil.which("exiftool"):
+        assert exiftool_keywords(photos / "IMG_0001.dng")["Subject"] == ["blue"]
+
+
 def test_version_is_the_package_version(binary, tmp_path):
     result = run_binary(binary, "--version", home=tmp_path, cwd=tmp_path)
     assert result.returncode == 0
@@ -200,7 +224,7 @@ def test_bundle_holds_no_training_code_and_fits_the_budget(binary):
     modules = set(listing.stdout.split())
     assert {"tagger.cli", "tagger.commands.tag", "tagger.commands.models", "tagger.commands.untag",
             "tagger.writers.json_sidecar", "tagger.writers.xmp_sidecar", "tagger.writers.embed",
-            "exiftool", "onnxruntime", "PIL.Image", "pi_heif", "defusedxml.minidom"} <= modules
+            "exiftool", "onnxruntime", "PIL.Image", "pi_heif", "defusedxml.minidom", "tagger.raw", "rawpy"} <= modules
     assert not sorted(m for m in modules if m.split(".")[0] in TRAINING_MODULES)
 
     size_mb = sum(p.stat().st_size for p in files if p.is_file() and not p.is_symlink()) / 2**20

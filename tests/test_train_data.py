@@ -184,3 +184,33 @@ def test_not_a_run_and_missing_extras_messages(tmp_path):
     assert result.exit_code == 1 and "--resume" in result.output and "config.json" in result.output
     result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path)])
     assert result.exit_code == 2 and "--labels and --data are required" in result.output
+
+
+@pytest.mark.skipif(not shutil.which("exiftool"), reason="needs exiftool")
+def test_raw_photos_with_lightroom_sidecars_are_training_data(tmp_path):
+    pytest.importorskip("rawpy")
+    from bench.dng import write_dng
+    from tagger.images import load_image
+    from train.runs import load_run
+
+    data = tmp_path / "raw"
+    data.mkdir()
+    for i in range(24):
+        colour = (230, 20, 20) if i % 2 else (20, 20, 230)
+        tag = "red" if i % 2 else "blue"
+        scene = np.full((120, 160, 3), colour, np.uint8)
+        photo = write_dng(data / f"IMG_{i:04}.{'CR2' if i % 3 else 'dng'}", scene, preview=scene if i % 4 else None)
+        # Lightroom keeps a RAW file's keywords in IMG.xmp beside it.
+        subprocess.run(["exiftool", "-q", "-o", str(photo.with_suffix(".xmp")), f"-XMP-dc:Subject={tag}"], check=True)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("red\nblue\n")
+
+    result = CliRunner().invoke(cli, ["train", "--labels", str(labels), "--data", str(data), "--backbone", TINY,
+                                      "--out", str(tmp_path / "run"), "--epochs", 0, "--stage2-epochs", 0, "-q"])
+
+    assert result.exit_code == 0, result.output
+    run = load_run(tmp_path / "run")
+    rows = run.dataset["train"] + run.dataset["val"]
+    assert len(rows) == 24 and {Path(r["path"]).suffix for r in rows} == {".CR2", ".dng"}
+    first = run.dataset["val"][0]["path"]
+    assert np.array_equal(run.validation_images()[0], load_image(first, run.preprocess))

@@ -33,8 +33,10 @@ def bench(folder, model_spec, photos, batch_sizes, seconds, as_json) -> None:
     """
     import onnxruntime as ort
 
-    from tagger.benchmark import Bound, cpu_name, decode_rate, end_to_end_rate, model_rate, photo_folder
+    from tagger.benchmark import (Bound, cpu_name, decode_rate, end_to_end_rate, model_rate, photo_folder,
+                                  raw_decode_rates)
     from tagger.images import is_image_name
+    from tagger.raw import is_raw_name
 
     try:
         model_path = resolve_model(model_spec)
@@ -63,6 +65,11 @@ def bench(folder, model_spec, photos, batch_sizes, seconds, as_json) -> None:
                 continue
             click.echo(f"[{device}] decoding ...", err=True)
             decode = decode_rate(paths, model, workers)
+            raw_paths = [p for p in paths if is_raw_name(p)]
+            if raw_paths and "raw" not in report:  # decoding runs on the CPU whatever the device: once
+                click.echo(f"[{device}] decoding RAW files two ways ...", err=True)
+                report["raw"] = {"files": len(raw_paths),
+                                 **raw_decode_rates(raw_paths, model.info.preprocess, workers)}
             models = {}
             for size in batch_sizes or BATCH_SIZES:
                 click.echo(f"[{device}] model, batch {size} ...", err=True)
@@ -78,6 +85,14 @@ def bench(folder, model_spec, photos, batch_sizes, seconds, as_json) -> None:
         click.echo(json.dumps(report))
         return
     click.echo(f"{report['machine']}; model {report['model']}; {report['photos']} photos")
+    if "raw" in report:
+        raw = report["raw"]
+        line = (f"RAW files ({raw['files']}), decode only: {raw['as_tagged']:.1f} photos/s as tagged "
+                f"(embedded preview where usable)")
+        if raw["demosaic"]:  # 0 when none of the first few could be decoded
+            line += (f", {raw['demosaic']:.1f} photos/s by half-size demosaic "
+                     f"({raw['as_tagged'] / raw['demosaic']:.1f}x)")
+        click.echo(line)
     for device, row in report["devices"].items():
         if "error" in row:
             click.echo(f"{device:8s} unavailable: {row['error']}")

@@ -17,6 +17,7 @@ from tagger.errors import TaggerError, WriteError
 from tagger.exiftool import ExifTool
 from tagger.keywords import (EXIFTOOL_TAGS, RECORD_VERSION, KeywordFields, TaggerRecord, check_prefix,
                              exiftool_fields, exiftool_record, iptc_fits, merge_keywords, strip_keywords)
+from tagger.raw import embed_refusal
 from tagger.writers.base import ModelRef, PhotoResult
 from tagger.writers.xmp_sidecar import checked_stat
 
@@ -49,6 +50,9 @@ def _toolkit(entry: dict) -> str:
 def _check_writable(photo: Path, stat: os.stat_result) -> None:
     # Mode bits, not os.access: exiftool (and root) can replace a read-only file in a writable
     # folder, but a read-only photo is the user saying "do not change this one".
+    refusal = embed_refusal(photo)
+    if refusal:
+        raise WriteError(photo, refusal)
     if not stat.st_mode & stat_module.S_IWUSR:
         raise WriteError(photo, "photo is read-only; not changed (make it writable, or use --write xmp)")
     if not os.access(photo.parent, os.W_OK | os.X_OK):
