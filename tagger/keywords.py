@@ -24,7 +24,7 @@ NO_IPTC_TYPES = frozenset({"HEIC", "HEIF", "AVIF"})  # ISO-BMFF files hold no IP
 
 # exiftool tag names (`-G1`) the keyword code reads from a photo.
 EXIFTOOL_TAGS = ("File:FileType", "XMP-x:XMPToolkit", "XMP-dc:Subject", "XMP-lr:HierarchicalSubject",
-                 "IPTC:all", "XMP-tagger:all")
+                 "IPTC:all", "XMP-tagger:all", "Photoshop:IPTCDigest")
 
 
 @dataclass(frozen=True)
@@ -126,13 +126,21 @@ def iptc_fits(coded_character_set: str | None) -> Callable[[str], bool]:
 def merge_keywords(current: KeywordFields, previous: KeywordFields, tags: Iterable[str], prefix: str | None,
                    fits_iptc: Callable[[str], bool] = lambda k: True) -> tuple[KeywordFields, KeywordFields]:
     """(new field values, what the tagger added) when writing `tags` over a file whose last tagger
-    write added `previous`. User keywords keep their order; the tagger's go after them."""
+    write added `previous`. User keywords keep their order; the tagger's go after them.
+
+    A file whose user keywords are only in IPTC gets them copied into its new XMP list too:
+    readers that follow the MWG rules (Lightroom) read XMP first and would otherwise see only the
+    tagger's keywords. A keyword the user has in either field, in any case, is not added again."""
     user = strip_keywords(current, previous)
     subject, hierarchical = tag_keywords(tags, prefix)
-    add_subject = _missing(subject, user.subject)
+    user_subject = user.subject
+    if not user_subject and user.iptc:
+        user_subject = tuple(dict.fromkeys(k for k in user.iptc if k.strip()))
+    have = user_subject + (user.iptc or ())
+    add_subject = _missing(subject, have)
     add_hierarchical = _missing(hierarchical, user.hierarchical)
-    add_iptc = [] if user.iptc is None else _missing([k for k in subject if fits_iptc(k)], user.iptc)
-    new = KeywordFields(user.subject + tuple(add_subject), user.hierarchical + tuple(add_hierarchical),
+    add_iptc = [] if user.iptc is None else _missing([k for k in subject if fits_iptc(k)], have)
+    new = KeywordFields(user_subject + tuple(add_subject), user.hierarchical + tuple(add_hierarchical),
                         None if user.iptc is None else user.iptc + tuple(add_iptc))
     return new, KeywordFields(tuple(add_subject), tuple(add_hierarchical), tuple(add_iptc))
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from tagger.discover import iter_photos
-from tagger.errors import TaggerError
+from tagger.errors import TaggerError, WriteError, describe
+from tagger.exiftool import ExifToolMissing
+from tagger.locking import photo_lock
 from tagger.modelfile import TaggerModel
 from tagger.pipeline import run_model
 from tagger.raw import embed_refusal
@@ -135,13 +137,31 @@ class TagRun:
         writers = self._writers_for(result.path)
         if len(writers) < len(self.writers):
             summary.not_written.append(TaggerError(result.path, embed_refusal(result.path)))
+        try:
+            # One run at a time writes a photo and its sidecars (another run on the same folder waits).
+            with photo_lock(result.path):
+                self._write_locked(result, writers, errors)
+        except TaggerError as exc:
+            errors.append(exc)
+        if errors:
+            summary.failed.extend(errors)
+        else:
+            summary.tagged += 1
+
+    def _write_locked(self, result: PhotoResult, writers: list[Writer], errors: list[TaggerError]) -> None:
         # A writer that changes the photo itself (embed) goes first; the others then record the
         # photo's size after that write, so the next run finds every output up to date.
         for writer in sorted(writers, key=lambda w: not w.changes_photo):
             try:
                 writer.write(result)
+            except ExifToolMissing:
+                raise
             except TaggerError as exc:
                 errors.append(exc)
+                continue
+            except (OSError, UnicodeError, RecursionError, ValueError) as exc:
+                # Whatever a writer did not foresee costs this photo, never the run.
+                errors.append(WriteError(result.path, f"{writer.name} output not written: {describe(exc)}"))
                 continue
             if writer.changes_photo:
                 try:
@@ -149,7 +169,3 @@ class TagRun:
                 except OSError:
                     continue
                 result = replace(result, size=stat.st_size, mtime=stat.st_mtime)
-        if errors:
-            summary.failed.extend(errors)
-        else:
-            summary.tagged += 1

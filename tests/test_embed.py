@@ -228,7 +228,10 @@ def test_keywords_that_look_like_numbers_or_options_survive_exactly(tmp_path, sa
                    check=True)  # the user's own, typed in another program
     embed.write(result_for(photo, odd[:6] + ["cat"], MODEL_B))  # some of ours coincide with theirs
     user = ["XMP", "Blue Square", "test file", "Photoshop", ".jpg"]
-    assert exiv2_values(photo, "Xmp.dc.subject") == user + odd + ["cat"]
+    subject = exiv2_values(photo, "Xmp.dc.subject")
+    # exiftool puts new list items where the ones taken out were: ours may sit among the user's,
+    # whose own order never changes
+    assert [k for k in subject if k != "cat"] == user + odd and subject.count("cat") == 1
     assert read_user_keywords([photo]) == {photo: user + odd}
 
 

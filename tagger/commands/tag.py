@@ -6,6 +6,7 @@ import sys
 import click
 
 from tagger.commands.options import model_option, photo_paths
+from tagger.exiftool import ExifToolMissing
 from tagger.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, ModelError, TaggerError
 from tagger.modelfile import DEVICES, cpu_count, open_model
 from tagger.tagging import Decision, TagRun
@@ -96,7 +97,10 @@ def tag(paths, model_spec, write, threshold, top_k, batch_size, device, precisio
         run = TagRun(model=model, writers=writers, decision=Decision.for_model(model, threshold, top_k),
                      batch_size=batch_size, workers=workers, force=force, dry_run=dry_run,
                      emit=click.echo, progress=bar.update)
-        summary = run.run(paths, exclude)
+        try:
+            summary = run.run(paths, exclude)
+        except ExifToolMissing as exc:  # exiftool could not be restarted after it died: nothing more can be written
+            raise click.ClickException(str(exc)) from None
 
     for line in summary.lines():
         click.echo(line, err=True)

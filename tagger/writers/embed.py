@@ -25,26 +25,84 @@ _SIZE_WIDTH = 12  # digits: photos up to 1 TB; fixed so that filling it in does 
 _NOTHING = KeywordFields(iptc=())
 
 
-def _list_assignments(tag: str, values: tuple[str, ...]) -> list[str]:
-    # Plain `=` assignments replace the whole list; a lone empty one deletes the tag.
-    return [f"-{tag}={value}" for value in values] if values else [f"-{tag}="]
+# IPTC datasets IIM calls mandatory: exiftool adds them to every IPTC record it rewrites. One the
+# file did not have is removed again, so the file gains nothing but keywords.
+_IPTC_MANDATORY = ("IPTC:EnvelopeRecordVersion", "IPTC:ApplicationRecordVersion")
 
 
-def _field_assignments(current: KeywordFields, new: KeywordFields) -> list[str]:
+def _assignment(tag: str, op: str, value: str) -> str | None:
+    """One argument-file line setting `value`, exactly: exiftool strips a space after `=`, and an
+    empty `-TAG=` clears a whole list, so a value with spaces at either end goes in a C-style line
+    (`#[CSTR]`). None for a value no line can carry (empty, control characters)."""
+    if value and value == value.strip() and value.isprintable():
+        return f"-{tag}{op}{value}"
+    if value.strip() and all(c.isprintable() or c == "\t" for c in value):
+        escaped = value.replace("\\", "\\\\").replace("\t", "\\t")
+        return f"#[CSTR]-{tag}{op}{escaped}"
+    return None
+
+
+def _list_edits(photo: Path, tag: str, current: tuple[str, ...], ours_before: tuple[str, ...],
+                add: tuple[str, ...]) -> list[str]:
+    """Edit one list in place: take out the tagger's previous keywords, append `add`. The user's
+    entries are never sent back to exiftool, so they stay byte for byte (empty ones, spaces,
+    over 64 bytes in IPTC, more than 1,000 of them)."""
     args: list[str] = []
-    if new.subject != current.subject:
-        args += _list_assignments("XMP-dc:Subject", new.subject)
-    if new.hierarchical != current.hierarchical:
-        args += _list_assignments("XMP-lr:HierarchicalSubject", new.hierarchical)
-    if new.iptc is not None and new.iptc != current.iptc:
-        args += _list_assignments("IPTC:Keywords", new.iptc)
+    for value in dict.fromkeys(ours_before):
+        present = current.count(value)
+        ours = min(ours_before.count(value), present)
+        if not ours:
+            continue
+        line = _assignment(tag, "-=", value)
+        if line is None:
+            raise WriteError(photo, f"the tagger's record holds a keyword exiftool cannot be given ({value!r}); "
+                                    f"not changed")
+        # `-=` takes out every copy: the user's own copies of the same word go back in.
+        args += [line] + [_assignment(tag, "+=", value)] * (present - ours)
+    for value in add:
+        line = _assignment(tag, "+=", value)
+        if line is None:
+            raise WriteError(photo, f"keyword {value!r} cannot be written (empty or control characters)")
+        args.append(line)
     return args
+
+
+def _field_edits(photo: Path, current: KeywordFields, previous: KeywordFields, new: KeywordFields,
+                 added: KeywordFields) -> list[str]:
+    """exiftool arguments turning `current` into `new`: the previous record's keywords out, the user's
+    IPTC keywords copied into an empty XMP list (see merge_keywords), the new ones in."""
+    user = strip_keywords(current, previous)
+    copied = tuple(v for v in new.subject[len(user.subject):len(new.subject) - len(added.subject)]
+                   if _assignment("XMP-dc:Subject", "+=", v) is not None)
+    args = _list_edits(photo, "XMP-dc:Subject", current.subject, previous.subject, copied + added.subject)
+    args += _list_edits(photo, "XMP-lr:HierarchicalSubject", current.hierarchical, previous.hierarchical,
+                        added.hierarchical)
+    if current.iptc is not None:
+        args += _list_edits(photo, "IPTC:Keywords", current.iptc, previous.iptc or (), added.iptc or ())
+    return args
+
+
+def _iptc_upkeep(entry: dict, edits: list[str]) -> list[str]:
+    """After a write that changed IPTC: drop the mandatory datasets exiftool added, and bring
+    Photoshop's IPTCDigest up to date where it was (MWG readers ignore XMP when it is stale)."""
+    if not any(arg.removeprefix("#[CSTR]").startswith("-IPTC:") for arg in edits):
+        return []
+    args = [f"-{tag}=" for tag in _IPTC_MANDATORY if tag not in entry]
+    if "Photoshop:IPTCDigest" in entry:
+        args += ["-Photoshop:IPTCDigest-=old", "-Photoshop:IPTCDigest=new"]  # only where it matched the IPTC
+    return args
+
+
+def _list_assignments(tag: str, values: tuple[str, ...]) -> list[str]:
+    """The tagger's record lists (its own values only): plain `=` replaces the list, a lone empty
+    `=` deletes it."""
+    return [f"-{tag}={value}" for value in values] if values else [f"-{tag}="]
 
 
 def _toolkit(entry: dict) -> str:
     """exiftool stamps its own name into XMP-x:XMPToolkit on every XMP write; keep the photo's."""
-    value = entry.get("XMP-x:XMPToolkit")
-    return f"-XMP-x:XMPToolkit={value}" if value else "-XMP-x:XMPToolkit="
+    value = str(entry.get("XMP-x:XMPToolkit") or "")
+    return (_assignment("XMP-x:XMPToolkit", "=", value) if value else None) or "-XMP-x:XMPToolkit="
 
 
 def _check_writable(photo: Path, stat: os.stat_result) -> None:
@@ -82,26 +140,27 @@ class EmbedWriter:
         _check_writable(photo, before)
         entry = self._tool.read_one(photo, EXIFTOOL_TAGS)
         current, previous = exiftool_fields(entry), exiftool_record(entry)
-        new, added = merge_keywords(current, previous.added if previous else _NOTHING,
-                                    [tag for tag, _score in result.tags], self.keyword_prefix,
-                                    iptc_fits(entry.get("IPTC:CodedCharacterSet")))
+        previous_added = previous.added if previous else _NOTHING
+        new, added = merge_keywords(current, previous_added, [tag for tag, _score in result.tags],
+                                    self.keyword_prefix, iptc_fits(entry.get("IPTC:CodedCharacterSet")))
         record = TaggerRecord(model=result.model.name, model_sha256=result.model.sha256,
                               keyword_prefix=self.keyword_prefix or "", photo_size=0,
                               photo_mtime_ns=before.st_mtime_ns, added=added)
-        args = _field_assignments(current, new) + _record_assignments(record) + [_toolkit(entry)]
+        edits = _field_edits(photo, current, previous_added, new, added)
         try:
-            self._tool.write(photo, args, backup=self.backup)
-            self._fill_in_size(photo, before, _toolkit(entry))
+            self._tool.write(photo, edits + _record_assignments(record) + [_toolkit(entry)], backup=self.backup)
+            self._fill_in_size(photo, [_toolkit(entry)] + _iptc_upkeep(entry, edits))
         finally:
             _restore_mtime(photo, before)
 
-    def _fill_in_size(self, photo: Path, before: os.stat_result, toolkit: str) -> None:
+    def _fill_in_size(self, photo: Path, extra: list[str]) -> None:
         written = 0
         for _attempt in range(3):
             size = photo.stat().st_size
             if size == written:
                 return
-            self._tool.write(photo, [f"-XMP-tagger:TaggerPhotoSize={size:0{_SIZE_WIDTH}d}", toolkit])
+            self._tool.write(photo, [f"-XMP-tagger:TaggerPhotoSize={size:0{_SIZE_WIDTH}d}", *extra])
+            extra = [extra[0]]  # the IPTC upkeep is done by the first pass
             written = size
         raise WriteError(photo, "photo size kept changing while its record was written; run again")
 
@@ -130,9 +189,12 @@ class EmbedWriter:
         except OSError as exc:
             raise WriteError(photo, f"cannot read: {exc.strerror or exc}") from None
         _check_writable(photo, before)
-        args = _field_assignments(current, user) + ["-XMP-tagger:all=", _toolkit(entry)]
+        edits = _field_edits(photo, current, record.added, user, _NOTHING)
         try:
-            self._tool.write(photo, args, backup=self.backup)
+            self._tool.write(photo, edits + ["-XMP-tagger:all=", _toolkit(entry)], backup=self.backup)
+            upkeep = _iptc_upkeep(entry, edits)
+            if upkeep:
+                self._tool.write(photo, upkeep + [_toolkit(entry)])
         finally:
             _restore_mtime(photo, before)
         return removed
