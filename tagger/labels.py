@@ -1,11 +1,48 @@
 """The user's tag vocabulary (`mytags.txt`): one tag per line, `#` comments, `Parent|Child` allowed."""
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 from tagger.errors import LabelsError
 
 HIERARCHY_SEP = "|"
+
+
+def has_control(text: str) -> bool:
+    """Control characters, line/paragraph separators or lone surrogates: what no keyword field holds."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp", "Cs") for c in text)
+
+
+def tag_problem(tag: object) -> str | None:
+    """Why a tag cannot be a keyword, or None. Keyword fields cannot hold an empty level, spaces
+    at either end of one (exiftool and many readers trim them, so the tag would not match itself
+    again) or control characters (XML cannot hold most of them; a line break ends an argument)."""
+    if not isinstance(tag, str):
+        return f"{tag!r} is not a string"
+    levels = tag.split(HIERARCHY_SEP)
+    if any(not level.strip() for level in levels):
+        return f"{tag!r} has an empty level"
+    if any(level != level.strip() for level in levels):
+        return f"{tag!r} has spaces at the start or end of a level"
+    if has_control(tag):
+        return f"{tag!r} holds a control or invisible character"
+    return None
+
+
+def check_tags(tags: list, source: object) -> list[str]:
+    """A model's or labels file's tags, each a storable keyword and none twice in any case
+    (keyword readers compare keywords case-insensitively). Raises LabelsError."""
+    seen: dict[str, str] = {}
+    for tag in tags:
+        problem = tag_problem(tag)
+        if problem:
+            raise LabelsError(source, f"label {problem}")
+        key = tag.casefold()
+        if key in seen:
+            raise LabelsError(source, f"labels {seen[key]!r} and {tag!r} differ only in case")
+        seen[key] = tag
+    return list(tags)
 
 
 def parse_labels(text: str, source: str = "<labels>") -> list[str]:
@@ -20,6 +57,9 @@ def parse_labels(text: str, source: str = "<labels>") -> list[str]:
         if any(not level for level in levels):
             raise LabelsError(source, f"line {lineno}: empty tag level in {line!r}")
         tag = HIERARCHY_SEP.join(levels)
+        problem = tag_problem(tag)
+        if problem:
+            raise LabelsError(source, f"line {lineno}: {problem}")
         key = tag.casefold()
         if key in seen:
             raise LabelsError(source, f"line {lineno}: duplicate tag {tag!r} (first on line {seen[key]})")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tagger.errors import ModelError
+from tagger.errors import LabelsError, ModelError
 from tagger.images import Preprocess
+from tagger.labels import check_tags, has_control
 
 FORMAT_VERSION = "1"
 # A quantized variant that makes the same tag decisions as fp32 on at least this fraction of
@@ -60,6 +61,9 @@ def build_metadata(labels: list[str], thresholds: list[float], preprocess: Prepr
     for key in ("name", "backbone", "created"):
         if key not in model:
             raise ValueError(f"tagger.model needs a {key!r} entry")
+    check_tags(list(labels), "labels")  # refuse at export what every runtime would refuse at open
+    if has_control(str(model["name"])):
+        raise ValueError(f"model name {model['name']!r} holds a control character")
     return {
         "tagger.format": FORMAT_VERSION,
         "tagger.labels": json.dumps(list(labels), ensure_ascii=False),
@@ -90,11 +94,17 @@ def parse_metadata(path: Path, meta: dict[str, str], sha256: str) -> ModelInfo:
         raise ModelError(path, "tagger.labels must be a non-empty list of tag strings")
     if len(set(labels)) != len(labels):
         raise ModelError(path, "tagger.labels has duplicate tags")
+    try:
+        check_tags(labels, path)
+    except LabelsError as exc:  # a keyword the writers cannot store: refused before any photo is touched
+        raise ModelError(path, f"tagger.labels: {exc.reason}") from None
     if not (isinstance(thresholds, list) and len(thresholds) == len(labels)
             and all(isinstance(t, (int, float)) and 0.0 <= t <= 1.0 for t in thresholds)):
         raise ModelError(path, f"tagger.thresholds must be {len(labels)} numbers in [0, 1]")
     if not isinstance(model, dict):
         raise ModelError(path, "tagger.model must be a JSON object")
+    if has_control(str(model.get("name", ""))):
+        raise ModelError(path, "tagger.model name holds a control character (it is written into every photo)")
     return ModelInfo(path=path, labels=labels, thresholds=[float(t) for t in thresholds],
                      preprocess=preprocess, model=model, sha256=sha256)
 

@@ -143,17 +143,29 @@ class XmpPacket:
         return False
 
     def is_empty(self) -> bool:
-        """True when no Description holds any property (only rdf:about and namespace declarations)."""
-        for desc in self._descriptions():
-            if _elements(desc):
+        """True when the document holds nothing at all: no property, and nothing else a person or
+        program may have put there (a comment, a processing instruction other than the xpacket
+        wrapper, an element outside rdf:Description, text). Only such a sidecar may be deleted."""
+        for node in self.document.childNodes:
+            if node.nodeType == node.PROCESSING_INSTRUCTION_NODE and node.target == "xpacket":
+                continue
+            if node.nodeType == node.ELEMENT_NODE:
+                continue
+            if node.nodeType == node.TEXT_NODE and not node.data.strip():
+                continue
+            return False
+        root = self.document.documentElement
+        if _is(root, NS_X, "xmpmeta"):
+            if not _only_attributes(root, {(NS_X, "xmptk")}) or not _only_whitespace_around(root, [self._rdf()]):
                 return False
-            attrs = desc.attributes
-            for i in range(attrs.length):
-                attr = attrs.item(i)
-                if attr.namespaceURI != XMLNS_NAMESPACE and not (attr.namespaceURI == NS_RDF
-                                                                 and attr.localName == "about"):
-                    return False
-        return True
+        elif root is not self._rdf():
+            return False
+        rdf = self._rdf()
+        descriptions = self._descriptions()
+        if not _only_attributes(rdf, set()) or not _only_whitespace_around(rdf, descriptions):
+            return False
+        return all(_only_attributes(desc, {(NS_RDF, "about")}) and _only_whitespace_around(desc, [])
+                   for desc in descriptions)
 
     # -- editing ---------------------------------------------------------------------------
     def remove(self, ns: str, name: str) -> None:
@@ -273,6 +285,23 @@ class XmpPacket:
         parts = [child.toxml() for child in self.document.childNodes]
         head = '<?xml version="1.0" encoding="UTF-8"?>\n' if self.xml_declaration else ""
         return (head + "\n".join(parts) + "\n").encode("utf-8")
+
+
+def _only_attributes(element, allowed: set[tuple[str, str]]) -> bool:
+    attrs = element.attributes
+    return all(attrs.item(i).namespaceURI == XMLNS_NAMESPACE
+               or (attrs.item(i).namespaceURI, attrs.item(i).localName) in allowed for i in range(attrs.length))
+
+
+def _only_whitespace_around(element, children: list) -> bool:
+    """The element holds `children` and whitespace, nothing else."""
+    for node in element.childNodes:
+        if node in children:
+            continue
+        if node.nodeType == node.TEXT_NODE and not node.data.strip():
+            continue
+        return False
+    return True
 
 
 def _append_indented(parent, child, close: bool = True) -> None:

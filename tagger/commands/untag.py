@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import click
 
 from tagger.commands.options import photo_paths
 from tagger.discover import iter_photos
-from tagger.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, TaggerError
+from tagger.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, TaggerError, WriteError, describe, printable
 
 _BATCH = 64  # photos per exiftool read
 
@@ -63,12 +64,15 @@ def untag(paths, exclude, embedded, backup, dry_run, verbose) -> None:
                 continue
             summary.photos += 1
             try:
-                for sidecar, removed in untag_sidecars(item, dry_run=dry_run):
-                    summary.files += 1
-                    summary.keywords += removed
-                    say(f"{sidecar}\t{removed} keywords")
+                with _lock(item, dry_run):
+                    for sidecar, removed in untag_sidecars(item, dry_run=dry_run):
+                        summary.files += 1
+                        summary.keywords += removed
+                        say(f"{printable(str(sidecar))}\t{removed} keywords")
             except TaggerError as exc:
                 summary.failed.append(exc)
+            except (OSError, UnicodeError, RecursionError, ValueError) as exc:
+                summary.failed.append(WriteError(item, f"sidecars not untagged: {describe(exc)}"))
             if embed is not None:
                 batch.append(item)
                 if len(batch) >= _BATCH:
@@ -102,19 +106,28 @@ def _open_embed(backup: bool, summary: _Summary):
         return None
 
 
-def _untag_embedded(embed, photos: list[Path], dry_run: bool, summary: _Summary, say) -> None:
-    from tagger.keywords import EXIFTOOL_TAGS
+def _lock(photo: Path, dry_run: bool):
+    from tagger.locking import photo_lock
 
-    for photo, entry in embed.tool.read(photos, EXIFTOOL_TAGS).items():
+    return nullcontext() if dry_run else photo_lock(photo)
+
+
+def _untag_embedded(embed, photos: list[Path], dry_run: bool, summary: _Summary, say) -> None:
+    # One read for the batch finds the photos holding a record; each of those is read again under
+    # its lock, so a run writing it meanwhile is waited for, not undone.
+    for photo, entry in embed.tool.read(photos, ("XMP-tagger:TaggerVersion",)).items():
         if isinstance(entry, TaggerError):
             summary.failed.append(entry)
             continue
+        if not entry:
+            continue
         try:
-            removed = embed.untag(photo, dry_run=dry_run, entry=entry)
+            with _lock(photo, dry_run):
+                removed = embed.untag(photo, dry_run=dry_run)
         except TaggerError as exc:
             summary.failed.append(exc)
             continue
         if removed is not None:
             summary.files += 1
             summary.keywords += removed
-            say(f"{photo}\t{removed} keywords")
+            say(f"{printable(str(photo))}\t{removed} keywords")

@@ -17,6 +17,7 @@ from tagger.errors import TaggerError, WriteError
 from tagger.exiftool import ExifTool
 from tagger.keywords import (EXIFTOOL_TAGS, RECORD_VERSION, KeywordFields, TaggerRecord, check_prefix,
                              exiftool_fields, exiftool_record, iptc_fits, merge_keywords, strip_keywords)
+from tagger.labels import has_control
 from tagger.raw import embed_refusal
 from tagger.writers.base import ModelRef, PhotoResult
 from tagger.writers.xmp_sidecar import checked_stat
@@ -34,9 +35,9 @@ def _assignment(tag: str, op: str, value: str) -> str | None:
     """One argument-file line setting `value`, exactly: exiftool strips a space after `=`, and an
     empty `-TAG=` clears a whole list, so a value with spaces at either end goes in a C-style line
     (`#[CSTR]`). None for a value no line can carry (empty, control characters)."""
-    if value and value == value.strip() and value.isprintable():
+    if value and value == value.strip() and not has_control(value):
         return f"-{tag}{op}{value}"
-    if value.strip() and all(c.isprintable() or c == "\t" for c in value):
+    if value.strip() and not has_control(value.replace("\t", " ")):
         escaped = value.replace("\\", "\\\\").replace("\t", "\\t")
         return f"#[CSTR]-{tag}{op}{escaped}"
     return None
@@ -82,15 +83,16 @@ def _field_edits(photo: Path, current: KeywordFields, previous: KeywordFields, n
     return args
 
 
-def _iptc_upkeep(entry: dict, edits: list[str]) -> list[str]:
-    """After a write that changed IPTC: drop the mandatory datasets exiftool added, and bring
-    Photoshop's IPTCDigest up to date where it was (MWG readers ignore XMP when it is stale)."""
+def _iptc_upkeep(entry: dict, edits: list[str]) -> tuple[list[str], list[str]]:
+    """Arguments for the write that changes IPTC and for a second pass after it: Photoshop's
+    IPTCDigest brought up to date where it was current (MWG readers ignore the XMP when it is
+    stale), and the mandatory datasets exiftool adds to every IPTC record it rewrites taken out
+    again where the file had none (that takes a second pass, which updates the digest too)."""
     if not any(arg.removeprefix("#[CSTR]").startswith("-IPTC:") for arg in edits):
-        return []
-    args = [f"-{tag}=" for tag in _IPTC_MANDATORY if tag not in entry]
-    if "Photoshop:IPTCDigest" in entry:
-        args += ["-Photoshop:IPTCDigest-=old", "-Photoshop:IPTCDigest=new"]  # only where it matched the IPTC
-    return args
+        return [], []
+    digest = ["-Photoshop:IPTCDigest-=old", "-Photoshop:IPTCDigest=new"] if "Photoshop:IPTCDigest" in entry else []
+    absent = [f"-{tag}=" for tag in _IPTC_MANDATORY if tag not in entry]
+    return digest, (absent + digest if absent else [])
 
 
 def _list_assignments(tag: str, values: tuple[str, ...]) -> list[str]:
@@ -147,9 +149,11 @@ class EmbedWriter:
                               keyword_prefix=self.keyword_prefix or "", photo_size=0,
                               photo_mtime_ns=before.st_mtime_ns, added=added)
         edits = _field_edits(photo, current, previous_added, new, added)
+        digest, second_pass = _iptc_upkeep(entry, edits)
         try:
-            self._tool.write(photo, edits + _record_assignments(record) + [_toolkit(entry)], backup=self.backup)
-            self._fill_in_size(photo, [_toolkit(entry)] + _iptc_upkeep(entry, edits))
+            self._tool.write(photo, edits + digest + _record_assignments(record) + [_toolkit(entry)],
+                             backup=self.backup)
+            self._fill_in_size(photo, [_toolkit(entry)] + second_pass)
         finally:
             _restore_mtime(photo, before)
 
@@ -190,11 +194,11 @@ class EmbedWriter:
             raise WriteError(photo, f"cannot read: {exc.strerror or exc}") from None
         _check_writable(photo, before)
         edits = _field_edits(photo, current, record.added, user, _NOTHING)
+        digest, second_pass = _iptc_upkeep(entry, edits)
         try:
-            self._tool.write(photo, edits + ["-XMP-tagger:all=", _toolkit(entry)], backup=self.backup)
-            upkeep = _iptc_upkeep(entry, edits)
-            if upkeep:
-                self._tool.write(photo, upkeep + [_toolkit(entry)])
+            self._tool.write(photo, edits + digest + ["-XMP-tagger:all=", _toolkit(entry)], backup=self.backup)
+            if second_pass:
+                self._tool.write(photo, second_pass + [_toolkit(entry)])
         finally:
             _restore_mtime(photo, before)
         return removed
