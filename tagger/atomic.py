@@ -1,15 +1,56 @@
-"""Atomic file replacement: a reader (or a Ctrl-C) never sees half a file."""
+"""Sidecar files on disk: atomic replacement (a reader, or a Ctrl-C, never sees half a file) and
+bounded reads (a FIFO, a device or a huge file named like a sidecar is refused, never read)."""
 from __future__ import annotations
 
 import os
+import stat as stat_module
 import tempfile
 from pathlib import Path
 
 from tagger.errors import WriteError
 
+MAX_SIDECAR_BYTES = 32 * 1024 * 1024
+
+
+class NotASidecar(OSError):
+    """A path that is there but is not a regular file of sensible size."""
+
+
+def read_sidecar_bytes(path: Path, limit: int = MAX_SIDECAR_BYTES) -> bytes | None:
+    """The whole file, or None when there is none. Its type and size are checked before a byte is
+    read, and the read stops at `limit`, so a FIFO cannot hang the run, a link to /dev/zero cannot
+    fill memory and a 3 GB sparse file is not read whole. Raises NotASidecar, or OSError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise NotASidecar(f"broken symbolic link") from None
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat_module.S_ISREG(info.st_mode):
+            raise NotASidecar("not a regular file (a folder, FIFO or device has the sidecar's name)")
+        if info.st_size > limit:
+            raise NotASidecar(f"larger than {limit // (1024 * 1024)} MB")
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                raise NotASidecar(f"larger than {limit // (1024 * 1024)} MB")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    """Write to a temporary file in the same folder, fsync, then rename over `path`. A symbolic
+    link is written through: its target gets the new content and the link stays a link."""
+    if os.path.islink(path):
+        path = Path(os.path.realpath(path))
     folder = path.parent
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tagger.errors import TaggerError
 from tagger.labels import HIERARCHY_SEP, tag_levels
-from tagger.xmp import NS_DC, NS_LR, NS_TAGGER, XmpError, XmpPacket, parse_xmp
+from tagger.atomic import NotASidecar, read_sidecar_bytes
+from tagger.xmp import MAX_XMP_BYTES, NS_DC, NS_LR, NS_TAGGER, XmpError, XmpPacket, parse_xmp
 
 RECORD_VERSION = "1"
 IPTC_KEYWORD_BYTES = 64  # IPTC IIM limit for one keyword (dataset 2:25)
@@ -245,11 +246,13 @@ def sidecar_names(photo: Path) -> tuple[Path, Path]:
 def read_sidecar_packet(path: Path) -> XmpPacket | None:
     """An existing sidecar, parsed; None when absent. Unreadable or unsafe ones raise XmpError."""
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
+        data = read_sidecar_bytes(path, MAX_XMP_BYTES)
+    except NotASidecar as exc:
+        raise XmpError(path, f"sidecar is {exc}") from None
     except OSError as exc:
         raise XmpError(path, f"cannot read sidecar: {exc.strerror or exc}") from None
+    if data is None:
+        return None
     return parse_xmp(data, path)
 
 

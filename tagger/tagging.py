@@ -124,9 +124,9 @@ class TagRun:
     def _is_current(self, photo: Path, model_ref: ModelRef) -> bool:
         try:
             stat = photo.stat()
-        except OSError:
-            return False  # decoding will report it
-        return all(writer.is_current(photo, stat, model_ref) for writer in self._writers_for(photo))
+            return all(writer.is_current(photo, stat, model_ref) for writer in self._writers_for(photo))
+        except (OSError, UnicodeError, RecursionError, ValueError, TaggerError):
+            return False  # decoding or writing will report it
 
     def _write(self, result: PhotoResult, summary: Summary) -> None:
         if self.dry_run:

@@ -28,6 +28,7 @@ NS_TAGGER = "https://ns.tagger.invalid/xmp/1.0/"
 
 PREFERRED_PREFIXES = {NS_X: "x", NS_RDF: "rdf", NS_DC: "dc", NS_LR: "lr", NS_TAGGER: "tagger"}
 MAX_XMP_BYTES = 32 * 1024 * 1024  # darktable sidecars with long histories are well under 1 MB
+MAX_XMP_DEPTH = 100  # elements inside elements: real XMP stays under 15; writing nests recursively
 
 _PACKET_ID = "W5M0MpCehiHzreSzNTczkc9d"  # the constant id every XMP packet carries
 _NEW_PACKET = (
@@ -324,6 +325,16 @@ def _remove_with_indent(node) -> None:
         parent.removeChild(before)
 
 
+def _max_depth(document) -> int:
+    deepest, stack = 0, [(document.documentElement, 1)]
+    while stack:
+        node, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth <= MAX_XMP_DEPTH:
+            stack.extend((child, depth + 1) for child in _elements(node))
+    return deepest
+
+
 def parse_xmp(data: bytes, source: object = None) -> XmpPacket:
     """Parse an XMP document; anything malformed or unsafe raises XmpError naming `source`."""
     if len(data) > MAX_XMP_BYTES:
@@ -337,6 +348,8 @@ def parse_xmp(data: bytes, source: object = None) -> XmpPacket:
         raise XmpError(source, f"not well-formed XML ({expat.ErrorString(exc.code)}, line {exc.lineno})") from None
     except (ValueError, LookupError) as exc:  # unknown encodings and the like
         raise XmpError(source, f"not a readable XML document ({exc})") from None
+    if _max_depth(document) > MAX_XMP_DEPTH:
+        raise XmpError(source, f"elements nested more than {MAX_XMP_DEPTH} deep; refused")
     packet = XmpPacket(document, xml_declaration=document.version is not None)
     try:
         packet._rdf()

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from tagger.atomic import write_atomic
+from tagger.atomic import NotASidecar, read_sidecar_bytes, write_atomic
 from tagger.errors import WriteError
 from tagger.writers.base import ModelRef, PhotoResult
 
@@ -22,24 +22,31 @@ def read_sidecar(photo: Path) -> dict | None:
     """The existing sidecar, None when absent. A file that is not ours raises: never overwrite it."""
     path = sidecar_path(photo)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
+        raw = read_sidecar_bytes(path)
+    except NotASidecar as exc:
+        raise WriteError(path, f"existing sidecar is {exc}; not overwritten (move it away to tag this photo)") from None
     except OSError as exc:
         raise WriteError(path, f"cannot read existing sidecar: {exc.strerror or exc}") from None
+    if raw is None:
+        return None
     try:
-        data = json.loads(text)
-    except ValueError:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
         raise WriteError(path, "existing file is not valid JSON; not overwritten (move it away to tag this photo)") from None
     if not isinstance(data, dict):
         raise WriteError(path, "existing file is not a tagger sidecar; not overwritten")
     return data
 
 
+def display_name(path: Path) -> str:
+    """The photo's name as JSON can hold it: bytes that are not UTF-8 shown as `\\xNN`."""
+    return os.fsencode(path.name).decode("utf-8", "backslashreplace")
+
+
 def sidecar_document(result: PhotoResult, keep: dict | None = None) -> dict:
     doc = {
         "tagger": SIDECAR_VERSION,
-        "file": result.path.name,
+        "file": display_name(result.path),
         "size": result.size,
         "mtime": result.mtime,
         "model": {"name": result.model.name, "sha256": result.model.sha256},
