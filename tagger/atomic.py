@@ -46,6 +46,16 @@ def read_sidecar_bytes(path: Path, limit: int = MAX_SIDECAR_BYTES) -> bytes | No
         os.close(fd)
 
 
+def refuse_read_only(sidecar: Path) -> None:
+    """An atomic rename would replace a read-only file anyway; honour the user's "do not touch"."""
+    try:
+        mode = sidecar.stat().st_mode
+    except FileNotFoundError:
+        return
+    if not mode & stat_module.S_IWUSR:
+        raise WriteError(sidecar, "sidecar is read-only; not changed (make it writable to update it)")
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`. A symbolic
     link is written through: its target gets the new content and the link stays a link."""

@@ -25,7 +25,7 @@ NO_IPTC_TYPES = frozenset({"HEIC", "HEIF", "AVIF"})  # ISO-BMFF files hold no IP
 
 # exiftool tag names (`-G1`) the keyword code reads from a photo.
 EXIFTOOL_TAGS = ("File:FileType", "XMP-x:XMPToolkit", "XMP-dc:Subject", "XMP-lr:HierarchicalSubject",
-                 "IPTC:all", "XMP-tagger:all", "Photoshop:IPTCDigest")
+                 "IPTC:all", "XMP-tagger:all", "Photoshop:IPTCDigest", "ExifTool:Warning")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,15 @@ class Decision:
         return [(self.labels[i], float(scores[i])) for i in chosen]
 
 
+def score_problem(scores: np.ndarray, labels: Sequence[str]) -> str | None:
+    """Why a model's scores for one photo cannot be written (they must be numbers in [0, 1]), or None.
+    NaN or 1e30 would become tags, and JSON cannot hold NaN or Infinity."""
+    bad = np.flatnonzero(~(np.isfinite(scores) & (scores >= 0.0) & (scores <= 1.0)))
+    if not bad.size:
+        return None
+    return f"the model gave tag {labels[bad[0]]!r} the score {float(scores[bad[0]])!r}, outside [0, 1]"
+
+
 @dataclass
 class Summary:
     tagged: int = 0
@@ -87,6 +96,10 @@ class TagRun:
                                           batch_size=self.batch_size, workers=self.workers):
                 summary.failed.extend(errors)
                 for decoded, scores in done:
+                    problem = score_problem(scores, self.model.labels)
+                    if problem:
+                        summary.failed.append(TaggerError(decoded.path, f"{problem}; nothing written"))
+                        continue
                     result = PhotoResult(
                         path=decoded.path, size=decoded.stat.st_size, mtime=decoded.stat.st_mtime,
                         model=model_ref, tags=self.decision.tags(scores),
@@ -144,7 +157,8 @@ class TagRun:
         except TaggerError as exc:
             errors.append(exc)
         if errors:
-            summary.failed.extend(errors)
+            # Writers that fail for one reason (the photo changed, say) make one line, not one each.
+            summary.failed.extend({str(error): error for error in errors}.values())
         else:
             summary.tagged += 1
 

@@ -8,6 +8,7 @@ asked for.
 """
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from xml.dom import XMLNS_NAMESPACE, minidom
 from xml.parsers import expat
@@ -57,6 +58,16 @@ _REFUSALS = (
 def _text(node) -> str:
     return "".join(child.data for child in node.childNodes
                    if child.nodeType in (child.TEXT_NODE, child.CDATA_SECTION_NODE))
+
+
+def _value(node) -> str:
+    """A value in exiftool's -X output: a value XML cannot hold (control characters) comes as base64."""
+    if node.getAttributeNS(NS_RDF, "datatype").endswith("#base64Binary"):
+        try:
+            return base64.b64decode(_text(node), validate=False).decode("utf-8", "replace")
+        except ValueError:
+            return _text(node)
+    return _text(node)
 
 
 def _elements(node):
@@ -128,9 +139,9 @@ class XmpPacket:
                 containers = [c for c in _elements(prop) if c.namespaceURI == NS_RDF
                               and c.localName in ("Bag", "Seq", "Alt")]
                 if containers:
-                    values[prop.tagName] = [_text(li) for li in _elements(containers[0]) if _is(li, NS_RDF, "li")]
+                    values[prop.tagName] = [_value(li) for li in _elements(containers[0]) if _is(li, NS_RDF, "li")]
                 elif not _elements(prop):
-                    values[prop.tagName] = _text(prop)
+                    values[prop.tagName] = _value(prop)
             found.append((desc.getAttributeNS(NS_RDF, "about"), values))
         return found
 

@@ -92,9 +92,13 @@ def collect_labels(data_dir: str | Path, labels: list[str], annotations: str | P
     warnings: list[str] = []
 
     photos = []
+    root = data_dir.resolve()
     for item in iter_photos([data_dir]):
         if isinstance(item, TaggerError):
             warnings.append(str(item))
+        elif not item.resolve().is_relative_to(root):
+            # The same rule as a CSV row: only photos the user handed over (a link may point anywhere).
+            warnings.append(f"{item}: a symbolic link to a photo outside the data folder {data_dir}; not used")
         else:
             photos.append(item)
     if annotations is not None:
@@ -148,8 +152,10 @@ def read_annotations(csv_path: str | Path, data_dir: str | Path) -> tuple[dict[P
     except csv.Error as exc:
         raise LabelsError(csv_path, f"not a valid CSV: {exc}") from None
     for lineno, record in enumerate(records, start=1):
-        if not record or not "".join(record).strip() or record[0].lstrip().startswith("#"):
+        if not record or not "".join(record).strip():
             continue
+        if record[0].lstrip().startswith("#") and not (data_dir / record[0].strip()).is_file():
+            continue  # a comment; a photo whose name starts with `#` is still a row
         name = record[0].strip()
         if lineno == 1 and name.casefold() in CSV_HEADER_NAMES:
             continue

@@ -107,6 +107,15 @@ def _toolkit(entry: dict) -> str:
     return (_assignment("XMP-x:XMPToolkit", "=", value) if value else None) or "-XMP-x:XMPToolkit="
 
 
+def _check_readable_xmp(photo: Path, entry: dict) -> None:
+    """exiftool reads what it can of a damaged XMP packet and writes back only that: refuse instead
+    of silently dropping the keywords it could not read."""
+    warning = str(entry.get("ExifTool:Warning") or "")
+    if warning.startswith("XMP format error") or "XMP" in warning and "error" in warning.lower():
+        raise WriteError(photo, f"the XMP inside this photo is damaged ({warning}); not changed, as a rewrite "
+                                f"would drop what cannot be read (repair it, or use --write xmp)")
+
+
 def _check_writable(photo: Path, stat: os.stat_result) -> None:
     # Mode bits, not os.access: exiftool (and root) can replace a read-only file in a writable
     # folder, but a read-only photo is the user saying "do not change this one".
@@ -141,6 +150,7 @@ class EmbedWriter:
         before = checked_stat(result)
         _check_writable(photo, before)
         entry = self._tool.read_one(photo, EXIFTOOL_TAGS)
+        _check_readable_xmp(photo, entry)
         current, previous = exiftool_fields(entry), exiftool_record(entry)
         previous_added = previous.added if previous else _NOTHING
         new, added = merge_keywords(current, previous_added, [tag for tag, _score in result.tags],
@@ -193,6 +203,7 @@ class EmbedWriter:
         except OSError as exc:
             raise WriteError(photo, f"cannot read: {exc.strerror or exc}") from None
         _check_writable(photo, before)
+        _check_readable_xmp(photo, entry)
         edits = _field_edits(photo, current, record.added, user, _NOTHING)
         digest, second_pass = _iptc_upkeep(entry, edits)
         try:

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from tagger.atomic import NotASidecar, read_sidecar_bytes, write_atomic
+from tagger.atomic import NotASidecar, read_sidecar_bytes, refuse_read_only, write_atomic
 from tagger.errors import WriteError
 from tagger.writers.base import ModelRef, PhotoResult
 
@@ -75,6 +75,7 @@ class JsonWriter:
 
     def write(self, result: PhotoResult) -> None:
         existing = read_sidecar(result.path)
+        refuse_read_only(sidecar_path(result.path))
         doc = sidecar_document(result, keep=existing)
         text = json.dumps(doc, ensure_ascii=False, indent=1) + "\n"
         write_atomic(sidecar_path(result.path), text.encode("utf-8"))

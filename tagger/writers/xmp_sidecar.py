@@ -8,13 +8,12 @@ photos' keywords, so the extension form is used and the user is told.
 from __future__ import annotations
 
 import os
-import stat as stat_module
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from tagger.atomic import write_atomic
-from tagger.errors import WriteError
+from tagger.atomic import refuse_read_only, write_atomic
+from tagger.errors import WriteError, printable
 from tagger.keywords import (TaggerRecord, check_prefix, merge_keywords, packet_fields, packet_record,
                              read_sidecar_packet, set_packet_keywords, set_packet_record, sidecar_names,
                              strip_keywords)
@@ -90,8 +89,8 @@ class XmpWriter:
         if not targets:
             targets = [basename_form if self.xmp_name == "basename" and not shared else extension_form]
         if announce and shared and (self.xmp_name == "basename" or basename_form.exists()):
-            self.notify(f"{photo}: {basename_form.name} would be shared with {', '.join(shared)}; "
-                        f"using {extension_form.name}")
+            self.notify(printable(f"{photo}: {basename_form.name} would be shared with {', '.join(shared)}; "
+                                  f"using {extension_form.name}"))
         return targets
 
     def is_current(self, photo: Path, stat: os.stat_result, model: ModelRef) -> bool:
@@ -132,14 +131,8 @@ def _load(sidecar: Path) -> XmpPacket:
         raise WriteError(sidecar, f"{exc.reason}; not overwritten (fix or move it to tag this photo)") from None
     if packet is None:
         return new_xmp()
-    _check_writable(sidecar)
+    refuse_read_only(sidecar)
     return packet
-
-
-def _check_writable(sidecar: Path) -> None:
-    # An atomic rename would replace a read-only file anyway; honour the user's "do not touch".
-    if not sidecar.stat().st_mode & stat_module.S_IWUSR:
-        raise WriteError(sidecar, "sidecar is read-only; not changed (make it writable to update it)")
 
 
 def untag_sidecars(photo: Path, dry_run: bool = False) -> list[tuple[Path, int]]:
@@ -163,7 +156,7 @@ def untag_sidecars(photo: Path, dry_run: bool = False) -> list[tuple[Path, int]]
         done.append((sidecar, removed))
         if dry_run:
             continue
-        _check_writable(sidecar)
+        refuse_read_only(sidecar)
         set_packet_keywords(packet, user, fields)
         set_packet_record(packet, None)
         if packet.is_empty():
