@@ -175,6 +175,8 @@ class ExifTool:
         if len(by_name) > 1:
             try:
                 found, stderr = self._read_xml(list(by_name.values()), tags, fast)
+            except ExifToolMissing:
+                raise
             except TaggerError:
                 found, stderr = {}, ""  # one odd file must not cost the batch: ask file by file
             for name, path in by_name.items():
@@ -192,6 +194,8 @@ class ExifTool:
     def _read_single(self, path: Path, tags: list[str], fast: bool) -> dict | TaggerError:
         try:
             found, stderr = self._read_xml([path], tags, fast)
+        except ExifToolMissing:
+            raise  # it died and cannot be started again: no photo can be read
         except TaggerError as exc:
             return TaggerError(path, exc.reason)
         entries = [entry for group in found.values() for entry in group]
@@ -258,6 +262,8 @@ class ExifTool:
         try:
             try:
                 status, stdout, stderr = self._execute(args)
+            except ExifToolMissing:
+                raise
             except TaggerError as exc:
                 raise WriteError(path, exc.reason) from None
             errors = [line for line in stderr.splitlines() if line.startswith("Error")]

@@ -154,6 +154,8 @@ class TagRun:
             # One run at a time writes a photo and its sidecars (another run on the same folder waits).
             with photo_lock(result.path):
                 self._write_locked(result, writers, errors)
+        except ExifToolMissing:
+            raise  # exiftool died and cannot be started again: fatal, not this photo's fault
         except TaggerError as exc:
             errors.append(exc)
         if errors:

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from tagger.cli import cli
 from tagger.errors import WriteError
-from tagger.exiftool import ExifTool
+from tagger.exiftool import ExifTool, ExifToolMissing
 from tests.conftest import solid_photo
 from tests.metadata_util import copy_sample, exiftool_json, pixels
 from tests.test_bad_input import failures
@@ -51,6 +51,21 @@ def test_a_killed_exiftool_costs_one_photo_and_is_restarted(tmp_path, samples):
             tool.read_one(photo, ["File:FileType"])
         assert time.monotonic() - started < 10
         assert tool.read_one(photo, ["File:FileType"])["File:FileType"] == "JPEG"
+
+
+@needs_exiftool
+def test_an_exiftool_that_cannot_be_restarted_stops_the_run(tmp_path, samples, colour_model):
+    wrapper = tmp_path / "exiftool"
+    wrapper.write_text(f"#!/bin/sh\nexec {shutil.which('exiftool')} \"$@\"\n")
+    wrapper.chmod(0o755)
+    photo = copy_sample(samples, "jpg/Canon_40D.jpg", tmp_path / "photos" / "IMG_1.jpg")
+    with ExifTool(str(wrapper)) as tool:
+        wrapper.write_text("#!/bin/sh\nexit 1\n")  # e.g. uninstalled mid-run
+        os.kill(tool.pid, signal.SIGKILL)
+        with pytest.raises((WriteError, ExifToolMissing)):  # the photo it died on
+            tool.read_one(photo, ["File:FileType"])
+        with pytest.raises(ExifToolMissing, match="did not start"):  # fatal: no photo can be written now
+            tool.read_one(photo, ["File:FileType"])
 
 
 def _exiftool_children(pid: int) -> list[int]:

@@ -11,6 +11,7 @@ import click
 
 from tagger.commands.options import photo_paths
 from tagger.discover import iter_photos
+from tagger.exiftool import ExifToolMissing
 from tagger.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, TaggerError, WriteError, describe, printable
 
 _BATCH = 64  # photos per exiftool read
@@ -80,6 +81,10 @@ def untag(paths, exclude, embedded, backup, dry_run, verbose) -> None:
                     batch = []
         if embed is not None and batch:
             _untag_embedded(embed, batch, dry_run, summary, say)
+    except ExifToolMissing as exc:  # it died and could not be started again
+        for line in summary.lines(dry_run):
+            click.echo(line, err=True)
+        raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         for line in summary.lines(dry_run):
             click.echo(line, err=True)
