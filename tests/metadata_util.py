@@ -21,7 +21,6 @@ KEYWORD_TAGS = {"XMP-dc:Subject", "XMP-lr:HierarchicalSubject", "IPTC:Keywords"}
 ALLOWED_CHANGES = KEYWORD_TAGS | {
     "Photoshop:IPTCDigest",          # exiftool keeps Photoshop's IPTC checksum in step with the new IPTC
     "File:CurrentIPTCDigest",        # ... and reports the checksum of the IPTC now in the file
-    "IPTC:EnvelopeRecordVersion",    # IIM makes this mandatory; exiftool adds it when rewriting IPTC
     "QuickTime:MediaDataSize",       # HEIC: the XMP item lives in the media data box, which grows
     "QuickTime:MediaDataOffset",
 }
