@@ -64,7 +64,8 @@ class StayOpenProcess:
         """(exit status, stdout, stderr) of one command. Raises ExifToolDied."""
         self._sequence += 1
         ready = f"{{ready{self._sequence}}}".encode()
-        status_tail = re.compile(rb"=(-?\d+)=post" + str(self._sequence).encode() + rb"\r?\n?$")
+        # `${status}` needs exiftool 12.10; an older one prints something else there, still ended by the marker.
+        status_tail = re.compile(rb"=([^=\n]*)=post" + str(self._sequence).encode() + rb"\r?\n?$")
         lines = [a.encode("utf-8") if isinstance(a, str) else a for a in args]
         lines += [b"-echo4", f"=${{status}}=post{self._sequence}".encode(), f"-execute{self._sequence}".encode()]
         try:
@@ -77,7 +78,8 @@ class StayOpenProcess:
         match = status_tail.search(stderr)
         stdout = stdout[: stdout.rfind(ready)]
         stderr = stderr[: match.start()]
-        return int(match.group(1)), stdout, stderr
+        status = int(match.group(1)) if match.group(1).lstrip(b"-").isdigit() else 0
+        return status, stdout, stderr
 
     def _read_until(self, name: str, source: queue.Queue, find, timeout: float) -> bytes:
         data = self._buffers[name]

@@ -127,7 +127,8 @@ def iptc_fits(coded_character_set: str | None) -> Callable[[str], bool]:
 def merge_keywords(current: KeywordFields, previous: KeywordFields, tags: Iterable[str], prefix: str | None,
                    fits_iptc: Callable[[str], bool] = lambda k: True) -> tuple[KeywordFields, KeywordFields]:
     """(new field values, what the tagger added) when writing `tags` over a file whose last tagger
-    write added `previous`. User keywords keep their order; the tagger's go after them.
+    write added `previous`. User keywords keep their order; the tagger's go after them (exiftool
+    may put them where the previous ones were: see tagger.writers.embed).
 
     A file whose user keywords are only in IPTC gets them copied into its new XMP list too:
     readers that follow the MWG rules (Lightroom) read XMP first and would otherwise see only the

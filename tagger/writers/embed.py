@@ -1,7 +1,10 @@
 """Keywords inside the photo (`--write embed`), through one persistent exiftool process.
 
-Only the keyword fields and the tagger's own XMP namespace change; exiftool rewrites the file into
-a temporary one and renames it over the photo, so a crash or Ctrl-C never leaves half a photo.
+Only the keyword fields and the tagger's own XMP namespace change. The keyword lists are edited in
+place (`-=` the tagger's previous keywords, `+=` the new ones), so the user's entries are never sent
+back through exiftool, which would trim spaces, drop empty items, cut IPTC at 64 bytes. exiftool
+writes a temporary copy that replaces the photo in one rename (tagger.exiftool.ExifTool.write),
+so a crash or Ctrl-C never leaves half a photo; callers hold the photo's lock (tagger.locking).
 The record holds the photo's size *after* the tagger's write, so a re-run recognises its own work:
 the size is only known once written, so it goes in as a fixed-width placeholder and is filled in
 by a second, same-length write. The modification time is restored to the nanosecond (`-P` alone
