@@ -68,6 +68,19 @@ def test_an_exiftool_that_cannot_be_restarted_stops_the_run(tmp_path, samples, c
             tool.read_one(photo, ["File:FileType"])
 
 
+@needs_exiftool
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="POSIX signals")
+def test_an_exiftool_that_stops_answering_is_stopped_after_the_timeout():
+    from tagger.exiftool_process import ExifToolDied, StayOpenProcess
+
+    process = StayOpenProcess(shutil.which("exiftool"), None, [])
+    os.kill(process.pid, signal.SIGSTOP)  # alive but silent: no end of file will ever come
+    started = time.monotonic()
+    with pytest.raises(ExifToolDied, match="no answer within 1 s"):
+        process.execute(["-ver"], timeout=1)
+    assert time.monotonic() - started < 5 and not process.running
+
+
 def _exiftool_children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
