@@ -3,8 +3,8 @@ bounded reads (a FIFO, a device or a huge file named like a sidecar is refused, 
 from __future__ import annotations
 
 import os
+import secrets
 import stat as stat_module
-import tempfile
 from pathlib import Path
 
 from tagger.errors import WriteError
@@ -62,17 +62,21 @@ def write_atomic(path: Path, data: bytes) -> None:
     if os.path.islink(path):
         path = Path(os.path.realpath(path))
     folder = path.parent
+    # The name is chosen before the file exists, so a Ctrl-C at any moment after its creation (even
+    # before os.open returns) still finds it in the handler below, which removes it.
+    tmp = folder / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise WriteError(path, f"cannot write in {folder}: {exc.strerror or exc}") from None
-    try:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        except OSError as exc:
+            tmp = None  # not created: nothing to remove
+            raise WriteError(path, f"cannot write in {folder}: {exc.strerror or exc}") from None
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         if path.exists():
-            # Keep the permissions the user gave the old file instead of mkstemp's 0600.
+            # Keep the permissions the user gave the old file instead of 0600.
             os.chmod(tmp, path.stat().st_mode & 0o7777)
         else:
             umask = os.umask(0)
@@ -80,10 +84,11 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException as exc:  # KeyboardInterrupt included: never leave the temporary behind
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         if isinstance(exc, OSError):
             raise WriteError(path, f"cannot write: {exc.strerror or exc}") from None
         raise
