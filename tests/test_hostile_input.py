@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -45,7 +46,9 @@ def summary_failures(result: subprocess.CompletedProcess) -> dict[str, str]:
 def test_a_killed_exiftool_costs_one_photo_and_is_restarted(tmp_path, samples):
     photo = copy_sample(samples, "jpg/Canon_40D.jpg", tmp_path / "IMG_1.jpg")
     with ExifTool() as tool:
-        os.kill(tool.pid, signal.SIGKILL)
+        # Stopped, then killed half a second into the command: it dies in the middle of it.
+        os.kill(tool.pid, signal.SIGSTOP)
+        threading.Timer(0.5, os.kill, (tool.pid, signal.SIGKILL)).start()
         started = time.monotonic()
         with pytest.raises(WriteError, match="exiftool ended unexpectedly"):
             tool.read_one(photo, ["File:FileType"])
