@@ -85,14 +85,20 @@ class StayOpenProcess:
             raise ExifToolDied(self._death()) from None
         finders = {"out": lambda data: data.rfind(ready), "err": lambda data: _find(status_tail, data)}
         deadline = time.monotonic() + timeout
-        while True:
-            pending = [name for name, find in finders.items() if find(self._buffers[name]) < 0]
-            if not pending:
-                break
-            for name, chunk in self._next_chunks(pending, deadline, timeout):
-                if not chunk:
-                    raise ExifToolDied(self._death())
-                self._buffers[name] += chunk
+        try:
+            while True:
+                pending = [name for name, find in finders.items() if find(self._buffers[name]) < 0]
+                if not pending:
+                    break
+                for name, chunk in self._next_chunks(pending, deadline, timeout):
+                    if not chunk:
+                        raise ExifToolDied(self._death())
+                    self._buffers[name] += chunk
+        except KeyboardInterrupt:
+            # Its answer would be read as the next command's; and a write it finished after the
+            # caller removed the temporary file would leave one behind. Stop it now.
+            self.kill()
+            raise
         stdout, stderr = (self._take(name, finders[name]) for name in ("out", "err"))
         match = status_tail.search(stderr)
         stdout = stdout[: stdout.rfind(ready)]
