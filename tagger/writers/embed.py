@@ -127,7 +127,7 @@ def _check_writable(photo: Path, stat: os.stat_result) -> None:
         raise WriteError(photo, refusal)
     if not stat.st_mode & stat_module.S_IWUSR:
         raise WriteError(photo, "photo is read-only; not changed (make it writable, or use --write xmp)")
-    if not os.access(photo.parent, os.W_OK | os.X_OK):
+    if not os.access(os.path.dirname(os.path.realpath(photo)), os.W_OK | os.X_OK):  # a link: its target's
         raise WriteError(photo, "folder not writable; exiftool needs to write a temporary file beside the photo")
 
 
