@@ -47,7 +47,13 @@ def _open_for_lock(photo: Path) -> tuple[int, Path]:
     """A descriptor to lock, and what it must still be at the end: the photo on POSIX; on Windows,
     where a lock on the photo would stop exiftool reading it, a lock file named after its real path."""
     if fcntl is not None:
-        return os.open(photo, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)), photo
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+        try:
+            return os.open(photo, flags), photo
+        except PermissionError:
+            # A photo the user may not read can still have sidecars to write or clean: every run
+            # that meets it locks its folder instead.
+            return os.open(photo.parent, flags), photo.parent
     key = hashlib.sha256(os.fsencode(os.path.realpath(photo))).hexdigest()[:32]
     folder = Path(tempfile.gettempdir()) / "tagger-locks"
     folder.mkdir(exist_ok=True)

@@ -21,7 +21,7 @@ from tagger.errors import WriteError
 from tagger.exiftool import ExifTool, ExifToolMissing
 from tests.conftest import solid_photo
 from tests.metadata_util import copy_sample, exiftool_json, pixels
-from tests.test_bad_input import failures
+from tests.test_bad_input import failures, shared_tmp  # noqa: F401 (a fixture)
 
 needs_exiftool = pytest.mark.skipif(shutil.which("exiftool") is None, reason="needs exiftool (libimage-exiftool-perl)")
 
@@ -205,3 +205,28 @@ def test_odd_names_and_deep_documents_are_one_line_each(tmp_path, samples, colou
     sidecar = bad_name.with_name(bad_name.name + ".json")
     assert json.loads(sidecar.read_bytes())["file"] == "a_latin1_\\xe9t\\xe9.jpg"
     assert good.exists() and deep_xmp.exists() and deep_json.exists()
+
+
+def test_untag_still_cleans_the_sidecar_of_a_photo_it_may_not_read(shared_tmp):
+    """The per-photo lock cannot open such a photo: it locks the folder instead, and the sidecar is cleaned."""
+    from tagger.writers.xmp_sidecar import XmpWriter
+    from tests.metadata_util import result_for
+
+    folder = shared_tmp / "photos"
+    photo = solid_photo(folder / "IMG.jpg", (250, 5, 5))
+    XmpWriter().write(result_for(photo, ["dog"]))
+    folder.chmod(0o777)
+    photo.chmod(0)
+    if os.geteuid() != 0:
+        result = CliRunner().invoke(cli, ["untag", "--no-embedded", str(folder)])
+        code, output = result.exit_code, result.output
+    else:  # permissions mean nothing to root: run it as `nobody`
+        if shutil.which("setpriv") is None:
+            pytest.skip("needs setpriv to drop root privileges")
+        env = dict(os.environ, TAGGER_HOME=str(shared_tmp / "home"), PYTHONPATH=str(Path(__file__).parents[1]))
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+                               "-m", "tagger", "untag", "--no-embedded", str(folder)],
+                              capture_output=True, text=True, env=env, cwd=shared_tmp)
+        code, output = proc.returncode, proc.stdout + proc.stderr
+    assert code == 0, output
+    assert not photo.with_name("IMG.jpg.xmp").exists()
