@@ -12,6 +12,7 @@ import numpy as np
 from tagger.discover import iter_photos
 from tagger.errors import TaggerError, WriteError, describe
 from tagger.exiftool import ExifToolMissing
+from tagger.hierarchy import ancestors
 from tagger.locking import photo_lock
 from tagger.modelfile import TaggerModel
 from tagger.pipeline import run_model
@@ -22,11 +23,13 @@ from tagger.writers.json_sidecar import sidecar_document
 
 @dataclass(frozen=True)
 class Decision:
-    """How scores become tags: per-tag calibrated thresholds unless the user overrides them."""
+    """How scores become tags: per-tag calibrated thresholds unless the user overrides them, at most
+    --top-k of them, then every chosen tag's parents in the vocabulary (tagger.hierarchy)."""
 
     labels: Sequence[str]
     thresholds: np.ndarray  # [C]
     top_k: int | None = None
+    parents: tuple[tuple[int, ...], ...] = ()  # per tag, its ancestors in the vocabulary; () for none
 
     @classmethod
     def for_model(cls, model: TaggerModel, threshold: float | None = None, top_k: int | None = None
@@ -34,13 +37,18 @@ class Decision:
         thresholds = np.asarray(model.info.thresholds, dtype=np.float32)
         if threshold is not None:
             thresholds = np.full_like(thresholds, threshold)
-        return cls(model.labels, thresholds, top_k)
+        return cls(model.labels, thresholds, top_k, tuple(map(tuple, ancestors(model.labels))))
 
     def tags(self, scores: np.ndarray) -> list[tuple[str, float]]:
         chosen = np.flatnonzero(scores >= self.thresholds)
         chosen = chosen[np.argsort(-scores[chosen], kind="stable")]
         if self.top_k is not None:
             chosen = chosen[: self.top_k]
+        if self.parents:  # a kept child keeps its parents, past --top-k too: the tree holds
+            kept = dict.fromkeys(int(i) for i in chosen)
+            for i in chosen:
+                kept.update(dict.fromkeys(self.parents[i]))
+            chosen = list(kept)
         return [(self.labels[i], float(scores[i])) for i in chosen]
 
 

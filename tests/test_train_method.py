@@ -139,7 +139,7 @@ def test_validation_scores_are_the_exported_scores_with_the_class_bias(synthetic
     targets = np.zeros((len(run.dataset["val"]), len(run.labels)))
     for row, entry in enumerate(run.dataset["val"]):
         targets[row, [index[t] for t in entry["tags"]]] = 1
-    thresholds, _ = calibrate_thresholds(scores, targets)
+    thresholds, _ = calibrate_thresholds(scores, targets, run.labels)
     assert np.allclose(thresholds, run.thresholds, atol=1e-5)
 
 

@@ -5,6 +5,9 @@ import math
 
 import numpy as np
 
+from tagger.hierarchy import close_upward, descendants
+from tagger.labels import HIERARCHY_SEP
+
 HEAD_MIN = 100  # training positives for a head tag (DESIGN.md §5)
 MEDIUM_MIN = 20  # medium: 20–99; tail: fewer than 20
 DEFAULT_THRESHOLD = 0.5  # for a tag with no validation positive to calibrate on
@@ -58,39 +61,57 @@ def _pct(value: float | None) -> float | None:
     return None if value is None else round(100 * value, 3)
 
 
-def calibrate_thresholds(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def calibrate_thresholds(scores: np.ndarray, targets: np.ndarray, labels: list[str] | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
     """Per tag, the threshold with the best F1 on validation (predict positive when score ≥ t).
 
     Returns (thresholds, their F1). The threshold sits halfway to the next lower score, so scores
-    a little below the chosen one on new photos are not cut off by rounding.
+    a little below the chosen one on new photos are not cut off by rounding. With the labels, tags
+    are decided as `tagger tag` decides them (tagger.hierarchy: a chosen child brings its parents),
+    so the deepest tags are calibrated first and each parent's threshold is the best one given the
+    photos its descendants will add to it.
     """
     n_tags = targets.shape[1]
     thresholds = np.full(n_tags, DEFAULT_THRESHOLD)
     f1s = np.full(n_tags, np.nan)
-    for c in range(n_tags):
+    below = descendants(labels) if labels is not None else [[] for _ in range(n_tags)]
+    order = range(n_tags) if labels is None else sorted(range(n_tags), key=lambda c: -labels[c].count(HIERARCHY_SEP))
+    for c in order:
         y = targets[:, c].astype(bool)
         n_pos = int(y.sum())
         if n_pos == 0:
             continue
+        forced = np.zeros(len(y), dtype=bool)  # photos a descendant's decision tags with c anyway
+        for d in below[c]:
+            forced |= scores[:, d] >= thresholds[d]
         s = scores[:, c].astype(np.float64)
-        order = np.argsort(-s, kind="stable")
-        s_sorted, y_sorted = s[order], y[order]
+        order_c = np.argsort(-s, kind="stable")
+        s_sorted, y_sorted, free = s[order_c], y[order_c], ~forced[order_c]
         # Only the last of a run of tied scores is a possible cut (ties are all in or all out).
         cut = np.r_[s_sorted[1:] != s_sorted[:-1], True]
-        tp = np.cumsum(y_sorted)[cut]
-        predicted = (np.arange(1, len(s) + 1))[cut]
+        tp = (np.cumsum(y_sorted & free) + int((y & forced).sum()))[cut]
+        predicted = (np.cumsum(free) + int(forced.sum()))[cut]
         f1 = 2 * tp / (predicted + n_pos)
         best = int(np.argmax(f1))
         idx = np.flatnonzero(cut)[best]
-        below = s_sorted[idx + 1] if idx + 1 < len(s_sorted) else max(s_sorted[idx] - 1e-3, 0.0)
-        thresholds[c] = float(np.clip((s_sorted[idx] + below) / 2, 0.0, 1.0))
+        below_score = s_sorted[idx + 1] if idx + 1 < len(s_sorted) else max(s_sorted[idx] - 1e-3, 0.0)
+        thresholds[c] = float(np.clip((s_sorted[idx] + below_score) / 2, 0.0, 1.0))
         f1s[c] = float(f1[best])
+        if forced.any():  # or none by its own score: only what its descendants bring
+            only_forced = 2 * int((y & forced).sum()) / (int(forced.sum()) + n_pos)
+            if only_forced > f1s[c]:
+                thresholds[c] = float(min(np.nextafter(s_sorted[0], np.inf), 1.0))
+                f1s[c] = only_forced
     return thresholds, f1s
 
 
-def f1_summary(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray) -> dict:
-    """Per-tag, macro and micro F1 (percent) when each tag is cut at its threshold."""
+def f1_summary(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, labels: list[str] | None = None
+               ) -> dict:
+    """Per-tag, macro and micro F1 (percent) when each tag is cut at its threshold (and, with the
+    labels, chosen children bring their parents, as `tagger tag` decides)."""
     predicted = scores >= thresholds[None, :]
+    if labels is not None:
+        predicted = close_upward(predicted, labels)
     y = targets.astype(bool)
     tp = (predicted & y).sum(axis=0)
     fp = (predicted & ~y).sum(axis=0)

@@ -132,8 +132,8 @@ def finish(cfg: TrainConfig, model: HPDVAL, data: Prepared, trainer: Trainer, de
     load_model_state(model, best["model"])
     summary, scores = evaluate(model, data, device, max(cfg.batch_size, 64))
     val_targets = data.targets[data.val_idx]
-    thresholds, _ = calibrate_thresholds(scores, val_targets)
-    f1 = f1_summary(scores, val_targets, thresholds)
+    thresholds, _ = calibrate_thresholds(scores, val_targets, data.labels)
+    f1 = f1_summary(scores, val_targets, thresholds, data.labels)
     train_counts = data.targets[data.train_idx].sum(axis=0)
     val_counts = val_targets.sum(axis=0)
     tags = [{"tag": tag, "group": frequency_group(int(n)), "train_positives": int(n), "val_positives": int(v),
