@@ -84,3 +84,15 @@ def test_a_second_run_reuses_every_cached_result(toy_run, tmp_path):
     assert not any(line.startswith("[") for line in lines)  # no job ran again
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert np.isfinite(json.loads((plan_results / "run.json").read_text())["timing"]["wall_s"])
+
+
+def test_a_run_of_some_methods_adds_to_the_last_whole_run(toy_run, tmp_path):
+    root, _, _ = toy_run
+    last = json.loads(next((root / "cache").glob("results-*/run.json")).read_text())
+    plan = toy_plan(("1-shot",))
+    plan.methods = ["zero_shot"]  # nothing to run, but the report must say what was added
+    added = run_all.run(plan, root / "cache", tmp_path / "quality.md", log=lambda line: None, adds=True)
+    assert added["settings"] == ["long-tailed", "1-shot"]  # the last run's settings and this one's
+    assert added["timing"] == last["timing"] and added["added"][-1]["methods"] == ["zero_shot"]
+    text = (tmp_path / "quality.md").read_text()
+    assert "--methods zero_shot --settings 1-shot` added 0 jobs" in text and "few-shot" in text

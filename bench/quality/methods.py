@@ -8,6 +8,7 @@ default off or back to the paper's or the official code's choice:
     CoOp            --stages 2 --no-sc: prompt tuning (one learned context; α = 1) on the frozen tower
     plain FT        --stages 1 --no-kd --no-wise-ft --score-norm none: the image tower fine-tuned with
                     BCE against the hand prompts on raw cosines, no distillation, no mixing back
+    alternatives    another head in place of the default's (see ALTERNATIVES: --head q2l)
     ablations       one option each (see ABLATIONS)
 
 The others have no `tagger train` option and are built here from train/'s own model, losses and metrics:
@@ -50,6 +51,7 @@ class Method:
 
 
 BASELINES = ("zero_shot", "zero_shot_cos", "linear_probe", "coop", "plain_ft")
+ALTERNATIVES = ("q2l",)  # candidates for the default, run in every setting of every task
 ABLATIONS = ("local_view", "no_kd", "kd_paper", "no_stage2", "no_sc", "no_wise_ft", "raw_cosine", "l2_scores", "loss_dbstar",
              "loss_db_official", "loss_asl")
 METHODS: dict[str, Method] = {m.name: m for m in (
@@ -60,6 +62,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("plain_ft", "plain fine-tuning (BCE, raw cosine)", "tagger",
            ("--stages", "1", "--no-kd", "--no-wise-ft", "--score-norm", "none")),
     Method("default", "**tagger train (default)**", "tagger", ()),
+    Method("q2l", "+ Query2Label head (`--head q2l`)", "tagger", ("--head", "q2l")),
     Method("local_view", "+ local view (α = 0.4, paper)", "tagger", ("--alpha", "0.4")),
     Method("no_kd", "− L_kd", "tagger", ("--no-kd",)),
     Method("kd_paper", "L_kd at the paper's weight 1 (default 0.3)", "tagger", ("--kd-weight", "1")),

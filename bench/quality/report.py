@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.quality.methods import ABLATIONS, BASELINES, METHODS
+from bench.quality.methods import ABLATIONS, ALTERNATIVES, BASELINES, METHODS
 
 GROUPS = ("head", "medium", "tail")
 COLUMNS = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
@@ -98,14 +98,15 @@ def target_checks(results: list[dict], task: str) -> list[str]:
     return lines
 
 
-def ablation_lines(results: list[dict], task: str) -> list[str]:
-    """Each ablation against the default (mean over seeds; a difference counts past the seeds' spread)."""
-    default = cells(results, task, "long-tailed", "default")
+def ablation_lines(results: list[dict], task: str, methods=ABLATIONS, setting: str = "long-tailed") -> list[str]:
+    """Each method against the default (mean over seeds; a difference counts past the seeds' spread)."""
+    default = cells(results, task, setting, "default")
     lines = []
-    for m in ABLATIONS:
-        c = cells(results, task, "long-tailed", m)
+    for m in methods:
+        c = cells(results, task, setting, m)
         if c["mAP"].values and default["mAP"].values:
-            lines.append(f"- **{METHODS[m].label}** vs the default: {_compare(c, default)}.")
+            lines.append(f"- **{METHODS[m].label}** vs the default{'' if setting == 'long-tailed' else ', ' + setting}: "
+                         f"{_compare(c, default)}.")
     return lines
 
 
@@ -175,8 +176,8 @@ def plot(results: list[dict], tasks: dict, path: Path, setting: str = "long-tail
     return True
 
 
-LONG_TAILED_ROWS = [*BASELINES, "default"]
-FEW_SHOT_ROWS = ["zero_shot", "linear_probe", "coop", "plain_ft", "default"]
+LONG_TAILED_ROWS = [*BASELINES, "default", *ALTERNATIVES]
+FEW_SHOT_ROWS = ["zero_shot", "linear_probe", "coop", "plain_ft", "default", *ALTERNATIVES]
 
 
 def write_report(results_dir: Path, out: Path = DOCS / "quality.md") -> Path:
@@ -203,7 +204,11 @@ def write_report(results_dir: Path, out: Path = DOCS / "quality.md") -> Path:
         f"(load average {timing.get('load_start', '?')} at the start, {timing.get('load_end', '?')} at the end). "
         "`tagger train` runs with `--device auto`, so a GPU is used when present. The VLM pretraining "
         f"({vlm['pretrain_s'] / 60:.1f} min) is cached between runs and "
-        + ("included in" if timing.get("vlm_pretrained_in_this_run", True) else "not part of") + " this wall time.",
+        + ("included in" if timing.get("vlm_pretrained_in_this_run", True) else "not part of") + " this wall time."
+        + "".join(f" Then `python -m bench.quality.run_all --methods {','.join(a['methods'])} --settings "
+                  f"{','.join(a['settings'])}` added {a['timing']['jobs_run']} jobs to it ({a['finished']}, "
+                  f"{a['timing']['wall_s'] / 60:.1f} min wall, load average {a['timing']['load_start']} at the start)."
+                  for a in run.get("added", [])),
         "",
         "Which choices these numbers drove, and where the paper's claims did not hold here: "
         "`docs/training.md`.",
@@ -259,6 +264,9 @@ def write_report(results_dir: Path, out: Path = DOCS / "quality.md") -> Path:
     for name, info in tasks.items():
         rows = LONG_TAILED_ROWS + (list(ABLATIONS) if info["ablations"] else [])
         lines += [f"## {info['title']}: long-tailed, test mAP (%)", "", *table(results, name, "long-tailed", rows), ""]
+        alternatives = [line for s in ["long-tailed", *few] for line in ablation_lines(results, name, ALTERNATIVES, s)]
+        if alternatives:
+            lines += ["Other heads, each against the default:", "", *alternatives, ""]
         if info["ablations"]:
             lines += ["Each ablation changes one thing in the default. A difference counts only when the means "
                       "differ by more than the seeds' combined standard deviation.", "",

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bench.quality import hier_task, pretrain_vlm, tasks
-from bench.quality.methods import ABLATIONS, BASELINES, METHODS, Schedule, Setting, run_method
+from bench.quality.methods import ABLATIONS, ALTERNATIVES, BASELINES, METHODS, Schedule, Setting, run_method
 from bench.quality.report import DOCS, write_report
 from tagger.benchmark import cpu_name
 from tagger.images import load_image
@@ -41,7 +41,7 @@ FEW_SHOT_SCHEDULES = {1: Schedule(val_fraction=0.5), 5: Schedule(val_fraction=0.
 QUICK_LONG_TAILED = Schedule(val_fraction=0.2, epochs=8, stage2_epochs=5)
 QUICK_FEW_SHOT = {1: Schedule(val_fraction=0.5, epochs=20, stage2_epochs=10),
                   5: Schedule(val_fraction=0.5, epochs=10, stage2_epochs=5)}
-FEW_SHOT_METHODS = ("zero_shot", "linear_probe", "coop", "plain_ft", "default")
+FEW_SHOT_METHODS = ("zero_shot", "linear_probe", "coop", "plain_ft", "default", *ALTERNATIVES)
 
 
 @dataclass(frozen=True)
@@ -132,14 +132,15 @@ def load_test_pixels(task: tasks.Task, preprocess, cache: Path) -> np.ndarray:
 
 def methods_for(spec: TaskSpec, setting: str, plan: Plan) -> list[str]:
     if setting == "long-tailed":
-        wanted = [*BASELINES, "default", *(ABLATIONS if spec.ablations else ())]
+        wanted = [*BASELINES, "default", *ALTERNATIVES, *(ABLATIONS if spec.ablations else ())]
     else:
         wanted = [m for m in FEW_SHOT_METHODS if not m.startswith("zero_shot")]  # zero-shot: copied below
     return [m for m in wanted if m in plan.methods]
 
 
-def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=print) -> dict:
-    """Pretrain (or reuse) the VLM, write (or reuse) the tasks, run every missing job, write the report."""
+def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=print, adds: bool = False) -> dict:
+    """Pretrain (or reuse) the VLM, write (or reuse) the tasks, run every missing job, write the report.
+    `adds`: the plan is a part of the whole one (--methods/--settings), added to the last whole run."""
     started_wall, started_cpu, load_start = time.perf_counter(), _cpu_seconds(), _load()
     checkpoint, vlm_summary = pretrain_vlm.ensure_vlm(plan.vlm, log=log, cache_root=cache_root)
     vlm_pretrained_now = time.perf_counter() - started_wall > 0.5 * vlm_summary["pretrain_s"]
@@ -204,10 +205,25 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}, torch {torch.__version__}",
         "finished": _dt.datetime.now().astimezone().isoformat(timespec="minutes"),
     }
+    if adds:
+        summary = _added_to_previous(results_dir / "run.json", summary, plan)
     (results_dir / "run.json").write_text(json.dumps(summary, indent=2))
     path = write_report(results_dir, report)
     log(f"wrote {path} ({wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU)")
     return summary | {"results_dir": str(results_dir)}
+
+
+def _added_to_previous(path: Path, summary: dict, plan: Plan) -> dict:
+    """A run restricted with --methods/--settings adds jobs to the last whole run: the report keeps that
+    run's settings and timing (what the whole benchmark costs) and names the addition beside it."""
+    if not path.is_file():
+        return summary
+    whole = Plan.quick_plan() if plan.quick else Plan.full()
+    previous = json.loads(path.read_text())
+    added = {k: summary[k] for k in ("timing", "finished")} | {"methods": plan.methods, "settings": plan.settings}
+    settings = [s for s in whole.settings if s in {*previous.get("settings", ()), *plan.settings}]
+    return summary | {k: previous[k] for k in ("timing", "finished", "machine") if k in previous} \
+        | {"settings": settings, "added": [*previous.get("added", []), added]}
 
 
 def _picked(run_dir: Path) -> dict | None:
@@ -240,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         plan.methods = args.methods.split(",")
     if args.settings:
         plan.settings = args.settings.split(",")
-    run(plan, pretrain_vlm.CACHE_ROOT, args.out, fresh=args.fresh, log=lambda line: print(line, flush=True))
+    run(plan, pretrain_vlm.CACHE_ROOT, args.out, fresh=args.fresh, log=lambda line: print(line, flush=True),
+        adds=bool(args.methods or args.settings))
     return 0
 
 
