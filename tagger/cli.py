@@ -18,6 +18,7 @@ COMMANDS = {
     "tag": "tagger.commands.tag:tag",
     "untag": "tagger.commands.untag:untag",
     "models": "tagger.commands.models:models",
+    "review": "tagger.commands.review:review",
     # These live with the training code; the binary and a runtime-only install lack it.
     "train": "train.command:train",
     "export": "export.command:export",
