@@ -190,3 +190,18 @@ def test_review_in_a_real_browser(server, tagged, colour_model):
     navy = sidecar(tagged, "navy.jpg")
     assert navy["tags"] == [] and navy["not_labels"] == ["blue"] and navy["scores"]["blue"] > 0.5
     assert "blue" not in as_list(exiftool_json(tagged / "navy.jpg.xmp")[0].get("XMP-dc:Subject"))
+
+
+def test_without_the_model_thresholds_come_from_the_sidecars_and_rare_tags_come_first(tagged):
+    from tagger.review.queue import load_review_set
+
+    review = load_review_set([str(tagged)])
+    assert "0/link.jpg" not in review.photos and any("link.jpg" in line for line in review.skipped)
+    # Halfway between the lowest score tagged "blue" (navy 0.62) and the highest below it (purple 0.24).
+    assert review.thresholds["blue"] == pytest.approx((0.6225 + 0.2364) / 2, abs=0.01)
+    queue = review.queue()
+    # One suggestion each for Light|bright and red, three for blue; green suggested nowhere: no page.
+    assert [t["tag"] for t in queue] == ["Light|bright", "red", "blue"]
+    blue = [item["id"] for item in queue[2]["items"]]
+    # Nearest the threshold in logit space first, the near miss purple (0.24, not suggested) included.
+    assert blue[:3] == ["0/navy.jpg", "0/purple.jpg", "0/sky.jpg"]

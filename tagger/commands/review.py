@@ -62,9 +62,9 @@ def review(paths: tuple[str, ...], model_spec: str | None, port: int, no_browser
     from tagger.review.queue import load_review_set
 
     review_set = load_review_set(list(paths))
-    info = _model_info(model_spec, Counter(p.model for p in review_set.photos.values()))
+    info = _model_info(model_spec, review_set.model_names())
     if info is not None:
-        review_set = load_review_set(list(paths), info)
+        review_set.use_model(info)
     token = secrets.token_urlsafe(24)
     # The Host check needs the port, known only once bound: the app reads the set it is given.
     allowed_hosts: set[str] = set()

@@ -56,6 +56,19 @@ class ReviewSet:
             return None
         return photo
 
+    def use_model(self, info) -> None:
+        """Exact thresholds and training counts (rarity) from the model (tagger.modelfile.ModelInfo)."""
+        self.thresholds |= dict(zip(info.labels, info.thresholds))
+        positives = info.model.get("positives") or {}
+        present = set(self.vocabulary)
+        self.vocabulary = [t for t in info.labels if t in present] or list(info.labels)
+        self.rarity = {t: int(positives.get(t, 0)) for t in self.vocabulary}
+        for t in self.vocabulary:
+            self.thresholds.setdefault(t, 0.5)
+
+    def model_names(self) -> Counter:
+        return Counter(p.model for p in self.photos.values() if p.model)
+
     def decide(self, photo: ReviewPhoto, tag: str, verdict: str) -> Decisions:
         return record_decision(photo.path, tag, verdict)
 
@@ -103,13 +116,9 @@ def inside(path: Path, root: Path) -> bool:
     return real == str(root) or real.startswith(str(root).rstrip(os.sep) + os.sep)
 
 
-def load_review_set(roots: list[str | os.PathLike], model_info=None) -> ReviewSet:
-    """The photos under `roots` whose sidecar holds the tagger's scores.
-
-    `model_info` (tagger.modelfile.ModelInfo) gives exact thresholds and training counts; without
-    it each tag's threshold is read off the sidecars (halfway between the lowest score the tagger
-    wrote the tag for and the highest it did not), and rarity is the number of suggestions.
-    """
+def load_review_set(roots: list[str | os.PathLike]) -> ReviewSet:
+    """The photos under `roots` whose sidecar holds the tagger's scores, with thresholds read off the
+    sidecars until `use_model` gives the model's own (see ReviewSet.use_model)."""
     real_roots = [Path(os.path.realpath(r)) for r in roots]
     photos: dict[str, ReviewPhoto] = {}
     skipped: list[str] = []
@@ -131,25 +140,16 @@ def load_review_set(roots: list[str | os.PathLike], model_info=None) -> ReviewSe
             scores = (data or {}).get("scores")
             if not isinstance(scores, dict) or not scores:
                 continue  # not tagged yet: nothing to review
-            rel = item.relative_to(base).as_posix()
-            photo_id = f"{index}/{rel}"
+            photo_id = f"{index}/{item.relative_to(base).as_posix()}"
             suggested = frozenset(e["tag"] for e in data.get("tags", []) if isinstance(e, dict) and "tag" in e)
             photos[photo_id] = ReviewPhoto(photo_id, item, root_dir,
                                            {t: float(s) for t, s in scores.items() if isinstance(s, (int, float))},
                                            suggested, str((data.get("model") or {}).get("name", "")))
     vocabulary = list(dict.fromkeys(t for p in photos.values() for t in p.scores))
-    if model_info is not None:
-        thresholds = dict(zip(model_info.labels, model_info.thresholds))
-        positives = model_info.model.get("positives") or {}
-        vocabulary = [t for t in model_info.labels if t in set(vocabulary)] or list(model_info.labels)
-        rarity = {t: int(positives.get(t, 0)) for t in vocabulary}
-    else:
-        thresholds = {t: _threshold_from_sidecars(t, photos.values()) for t in vocabulary}
-        counts = Counter(t for p in photos.values() for t in p.suggested)
-        rarity = {t: counts[t] for t in vocabulary}
-    for t in vocabulary:
-        thresholds.setdefault(t, 0.5)
-    return ReviewSet(real_roots, photos, thresholds, rarity, vocabulary, skipped)
+    # Without the model: each tag's threshold read off the sidecars, rarity = suggestions here.
+    thresholds = {t: _threshold_from_sidecars(t, photos.values()) for t in vocabulary}
+    counts = Counter(t for p in photos.values() for t in p.suggested)
+    return ReviewSet(real_roots, photos, thresholds, {t: counts[t] for t in vocabulary}, vocabulary, skipped)
 
 
 def _threshold_from_sidecars(tag: str, photos) -> float:
