@@ -13,7 +13,6 @@ from collections import Counter
 
 import click
 
-from tagger.commands.options import model_option
 from tagger.errors import ModelError
 
 HOST = "127.0.0.1"  # never another interface: the page can change the user's labels
@@ -37,7 +36,9 @@ def _model_info(spec: str | None, names: Counter):
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=str))
-@model_option
+@click.option("--model", "model_spec", envvar="TAGGER_MODEL", metavar="NAME|FILE",
+              help="The model whose thresholds and training counts order the page [env TAGGER_MODEL; default: "
+                   "the model the sidecars name, when it is in the store; else thresholds read off the sidecars].")
 @click.option("--port", type=click.IntRange(0, 65535), default=0,
               help="Port on 127.0.0.1 [default: a free one].")
 @click.option("--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
