@@ -17,6 +17,10 @@ false alarms and misses). This script makes one on the demo data and fixes it th
 It prints, for run1 and run2, the tag's validation AP (metrics.json: validation labels are the
 catalog's, corrected in run2 where the reviewer rejected them) and its AP on the held-out test
 photos with the true labels (the same photos and labels for both runs: the fair comparison).
+
+Changing labels changes the stratified split, so run2 differs from run1 in more than the labels.
+`--control` also trains run1's catalog again with the next seed (another split, no review), so the
+run-to-run variation can be read beside the review's effect.
 """
 from __future__ import annotations
 
@@ -112,6 +116,7 @@ def main() -> int:
     parser.add_argument("--n-test", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--control", action="store_true", help="also train the uncorrected catalog with seed+1")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -131,11 +136,14 @@ def main() -> int:
     make_checkpoint(labels, checkpoint, args.seed)
     test_photos, test_truth = read_truth(data.test_csv, data.test_dir, labels)
 
-    def train(out: Path) -> None:
-        tagger("train", "--labels", data.labels_file, "--data", data.train_dir, "--annotations", data.train_csv,
+    def train(out: Path, folder: Path = data.train_dir, seed: int = args.seed) -> None:
+        tagger("train", "--labels", data.labels_file, "--data", folder, "--annotations", data.train_csv,
                "--backbone", TINY_CONFIG, "--pretrained", checkpoint, "--out", out, "--epochs", args.epochs,
-               "--stage2-epochs", 10, "--lr", 2e-3, "--no-kd", "--no-keywords", "--seed", args.seed, "--quiet",
+               "--stage2-epochs", 10, "--lr", 2e-3, "--no-kd", "--no-keywords", "--seed", seed, "--quiet",
                env=env)
+
+    if args.control:  # the catalog as it was, before any sidecar exists
+        shutil.copytree(data.train_dir, work / "photos" / "train-control")
 
     train(work / "run1")
     before = tag_figures(work / "run1", args.tag, test_photos, test_truth, labels, env, "loop1")
@@ -145,13 +153,18 @@ def main() -> int:
           f"{review['rejected']} false alarms rejected")
     train(work / "run2")
     after = tag_figures(work / "run2", args.tag, test_photos, test_truth, labels, env, "loop2")
+    control = None
+    if args.control:
+        train(work / "run-control", work / "photos" / "train-control", args.seed + 1)
+        control = tag_figures(work / "run-control", args.tag, test_photos, test_truth, labels, env, "control")
 
-    print(f"\n{args.tag!r}, before -> after the review ({time.perf_counter() - started:.0f} s in all):")
+    print(f"\n{args.tag!r}, before -> after the review ({time.perf_counter() - started:.0f} s in all)"
+          + ("; control: no review, next seed" if control else "") + ":")
     for key, what in (("train_positives", "training photos labelled"), ("val_ap", "validation AP"),
                       ("test_ap", "held-out AP (true labels)"), ("val_mAP", "validation mAP, all tags"),
                       ("test_mAP", "held-out mAP, all tags")):
-        print(f"  {what:<28}{before[key]:>8} -> {after[key]:<8}")
-    print(json.dumps({"review": review, "before": before, "after": after}))
+        print(f"  {what:<28}{before[key]:>8} -> {after[key]:<8}" + (f"  control {control[key]}" if control else ""))
+    print(json.dumps({"review": review, "before": before, "after": after, "control": control}))
     return 0
 
 
