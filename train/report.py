@@ -60,6 +60,7 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     metrics = runs.read_json(run_dir / runs.METRICS)
     dataset = runs.read_json(run_dir / runs.DATASET)
+    runs.check_aligned(run_dir, dataset["labels"], metrics)  # rows are joined by position
     scores = load_val_scores(run_dir, dataset)
     labels = list(dataset["labels"])
     targets = val_targets(dataset)
