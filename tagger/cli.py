@@ -18,9 +18,11 @@ COMMANDS = {
     "tag": "tagger.commands.tag:tag",
     "untag": "tagger.commands.untag:untag",
     "models": "tagger.commands.models:models",
-    # These two live with the training code; the binary and a runtime-only install lack it.
+    "review": "tagger.commands.review:review",
+    # These live with the training code; the binary and a runtime-only install lack it.
     "train": "train.command:train",
     "export": "export.command:export",
+    "report": "train.command:report",
     "bench": "tagger.commands.bench:bench",
 }
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tagger.decisions import rejected_tags, rejection_pending
 from tagger.discover import iter_photos
 from tagger.errors import TaggerError, WriteError, describe
 from tagger.exiftool import ExifToolMissing
@@ -108,9 +109,10 @@ class TagRun:
                     if problem:
                         summary.failed.append(TaggerError(decoded.path, f"{problem}; nothing written"))
                         continue
+                    rejected = rejected_tags(decoded.path)  # the user's "no" (tagger review) wins
                     result = PhotoResult(
                         path=decoded.path, size=decoded.stat.st_size, mtime=decoded.stat.st_mtime,
-                        model=model_ref, tags=self.decision.tags(scores),
+                        model=model_ref, tags=[t for t in self.decision.tags(scores) if t[0] not in rejected],
                         scores={label: float(s) for label, s in zip(self.model.labels, scores)})
                     self._write(result, summary)
                 self.progress(len(done) + len(errors))
@@ -145,6 +147,8 @@ class TagRun:
     def _is_current(self, photo: Path, model_ref: ModelRef) -> bool:
         try:
             stat = photo.stat()
+            if rejection_pending(photo):
+                return False
             return all(writer.is_current(photo, stat, model_ref) for writer in self._writers_for(photo))
         except (OSError, UnicodeError, RecursionError, ValueError, TaggerError):
             return False  # decoding or writing will report it

@@ -193,6 +193,33 @@ def test_models_lists_the_store(binary, colour_model, tmp_path):
     assert lines[1].startswith("junk\t(unusable:")
 
 
+def test_review_page_is_served_from_the_binary(binary, colour_model, tmp_path):
+    import urllib.request
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (5, 5, 250)).save(photos / "blue.jpg")
+    assert run_binary(binary, "tag", str(photos), "--model", str(colour_model), "-q", home=tmp_path,
+                      cwd=tmp_path).returncode == 0
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path), "TAGGER_HOME": str(tmp_path / "tagger"),
+           "LANG": "C.UTF-8"}
+    proc = subprocess.Popen([str(binary), "review", str(photos), "--model", str(colour_model), "--no-browser"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() is not None else url
+        with urllib.request.urlopen(url, timeout=30) as page:
+            assert b"tagger review" in page.read()
+        base, token = url.split("/?token=")
+        with urllib.request.urlopen(f"{base}/thumb/0/blue.jpg?token={token}", timeout=30) as thumb:
+            assert thumb.read()[:2] == b"\xff\xd8"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
 @pytest.mark.parametrize("command", ["train", "export"])
 def test_training_commands_say_how_to_get_them(binary, command, tmp_path):
     labels = tmp_path / "labels.txt"

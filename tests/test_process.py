@@ -42,7 +42,9 @@ def test_sigint_leaves_no_partial_sidecar_and_next_run_resumes(tmp_path, colour_
     cmd = [sys.executable, "-m", "tagger", "tag", str(photos), "--model", str(colour_model),
            "--batch-size", "1", "--workers", "1", "--quiet"]
     env = dict(os.environ, TAGGER_HOME=str(tmp_path / "home"))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A test run started in the background (`pytest &`) ignores SIGINT, and a child would inherit that.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while len(list(photos.glob("*.json"))) < 5 and time.monotonic() < deadline:
         time.sleep(0.02)

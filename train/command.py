@@ -155,3 +155,25 @@ def train(labels, data, out, resume, quiet, **_options) -> None:
         click.echo(f"\ninterrupted; continue with: tagger train --resume --out {out}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     click.echo(f"run saved in {result.run_dir} ({result.elapsed_s:.0f}s); next: tagger export {result.run_dir}")
+    if result.report is not None:
+        click.echo(f"report: {result.report}")
+
+
+@click.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+def report(run_dir: str) -> None:
+    """Rebuild RUN/report.html: per-tag table, plots and validation thumbnails of a finished run.
+
+    `tagger train` writes it at the end; run this after moving the photos back, or for a run made
+    before reports existed (its validation scores are then recomputed from best.pt).
+    """
+    from train.report import write_report
+    from train.runs import METRICS, is_run
+
+    if not is_run(run_dir) or not (Path(run_dir) / METRICS).is_file():
+        raise click.ClickException(f"{run_dir}: not a finished training run (no config.json/metrics.json)")
+    try:
+        path = write_report(run_dir)
+    except TaggerError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"report: {path}")

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from tagger.decisions import LABELS, decisions_in
 from tagger.discover import iter_photos
 from tagger.errors import LabelsError, TaggerError
 from tagger.labels import HIERARCHY_SEP, leaf, read_text_file
@@ -49,6 +50,15 @@ class TagMatcher:
             hits.add(self.leaf[levels[-1].casefold()])
         return hits
 
+    def exact(self, keyword: str) -> int | None:
+        """The one tag a keyword names, without its ancestors: rejecting `Animals|Dog` says nothing
+        about `Animals`."""
+        levels = [level.strip() for level in keyword.split(HIERARCHY_SEP) if level.strip()]
+        if not levels:
+            return None
+        index = self.full.get(HIERARCHY_SEP.join(levels).casefold())
+        return index if index is not None else self.leaf.get(levels[-1].casefold())
+
 
 @dataclass
 class LabelledPhotos:
@@ -61,6 +71,7 @@ class LabelledPhotos:
     ignored: Counter = field(default_factory=Counter)  # keyword text outside the vocabulary -> times seen
     unlabelled: int = 0  # photos under --data with no label source at all
     warnings: list[str] = field(default_factory=list)  # one line per file that could not be used
+    rejected: Counter = field(default_factory=Counter)  # tag -> positives a sidecar "not_labels" overrode
 
     @property
     def counts(self) -> np.ndarray:
@@ -68,12 +79,12 @@ class LabelledPhotos:
 
     def subset(self, keep: np.ndarray) -> "LabelledPhotos":
         return LabelledPhotos(self.labels, [self.paths[i] for i in keep], self.targets[keep], self.sources,
-                              self.ignored, self.unlabelled, self.warnings)
+                              self.ignored, self.unlabelled, self.warnings, self.rejected)
 
     def drop_tags(self, drop: list[int]) -> "LabelledPhotos":
         keep = [i for i in range(len(self.labels)) if i not in set(drop)]
         return LabelledPhotos([self.labels[i] for i in keep], self.paths, self.targets[:, keep], self.sources,
-                              self.ignored, self.unlabelled, self.warnings)
+                              self.ignored, self.unlabelled, self.warnings, self.rejected)
 
 
 def collect_labels(data_dir: str | Path, labels: list[str], annotations: str | Path | None = None,
@@ -82,6 +93,11 @@ def collect_labels(data_dir: str | Path, labels: list[str], annotations: str | P
 
     A photo is labelled when it has a CSV row, a sidecar with a "labels" key or keywords of its own;
     what those say may be empty (a photo of none of the tags is a useful negative).
+
+    A sidecar's "not_labels" (tags the user rejected in `tagger review`) are known negatives: they
+    win over every other source, so a wrong keyword or CSV entry the user has since rejected trains
+    as absent. They do not make a photo a training photo on their own: its other tags are unknown,
+    and the trainer has no "unknown" (it would count them all as absent).
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -107,11 +123,14 @@ def collect_labels(data_dir: str | Path, labels: list[str], annotations: str | P
         for path, tags in rows.items():
             found.setdefault(path, set()).update(tags)
         sources["csv"] += len(rows)
+    rejections: dict[Path, list[str]] = {}
     for photo in photos:
-        tags = _sidecar_labels(photo, warnings)
+        tags, rejected = _sidecar_labels(photo, warnings)
         if tags is not None:
             found.setdefault(_key(photo), set()).update(tags)
             sources["sidecar"] += 1
+        if rejected:
+            rejections[_key(photo)] = rejected
     if keywords:
         for photo, tags in read_photo_keywords(photos, warnings).items():
             if tags:
@@ -128,8 +147,15 @@ def collect_labels(data_dir: str | Path, labels: list[str], annotations: str | P
                 targets[row, sorted(hits)] = 1
             else:
                 ignored[text] += 1
+    rejected_counts: Counter = Counter()
+    for row, path in enumerate(paths):
+        for text in rejections.get(path, ()):
+            index = matcher.exact(text)
+            if index is not None and targets[row, index]:
+                targets[row, index] = 0
+                rejected_counts[labels[index]] += 1
     unlabelled = sum(1 for p in photos if _key(p) not in found)
-    return LabelledPhotos(labels, paths, targets, sources, ignored, unlabelled, warnings)
+    return LabelledPhotos(labels, paths, targets, sources, ignored, unlabelled, warnings, rejected_counts)
 
 
 def _key(path: Path) -> Path:
@@ -173,21 +199,18 @@ def read_annotations(csv_path: str | Path, data_dir: str | Path) -> tuple[dict[P
     return rows, missing
 
 
-def _sidecar_labels(photo: Path, warnings: list[str]) -> list[str] | None:
+def _sidecar_labels(photo: Path, warnings: list[str]) -> tuple[list[str] | None, list[str]]:
+    """(the sidecar's "labels" or None when it has none, its "not_labels") for one photo."""
     if not sidecar_path(photo).exists():
-        return None
+        return None, []
     try:
         data = read_sidecar(photo)
+        decided = decisions_in(data, photo)
     except TaggerError as exc:
         warnings.append(f"{exc.path}: sidecar not used for training ({exc.reason})")
-        return None
-    if not data or "labels" not in data:
-        return None
-    labels = data["labels"]
-    if not isinstance(labels, list) or not all(isinstance(t, str) for t in labels):
-        warnings.append(f"{sidecar_path(photo)}: \"labels\" must be a list of tag strings; sidecar not used")
-        return None
-    return labels
+        return None, []
+    labels = list(decided.labels) if data and LABELS in data else None
+    return labels, list(decided.not_labels)
 
 
 def read_photo_keywords(photos: list[Path], warnings: list[str]) -> dict[Path, list[str]]:

@@ -124,3 +124,22 @@ def f1_summary(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, 
         "f1_micro": _pct(float(2 * tp.sum() / micro_den) if micro_den else None),
         "f1": [None if math.isnan(v) else round(100 * float(v), 3) for v in per_tag],
     }
+
+
+def precision_recall(scores: np.ndarray, targets: np.ndarray, thresholds, labels: list[str] | None = None
+                     ) -> tuple[list, list]:
+    """Per tag, precision and recall (percent) when cut at its threshold (with the labels, chosen
+    children bring their parents, as in f1_summary); None where undefined (no photo predicted, no positive)."""
+    predicted = predictions(scores, thresholds, labels)
+    y = targets.astype(bool)
+    tp = (predicted & y).sum(axis=0)
+    n_pred, n_pos = predicted.sum(axis=0), y.sum(axis=0)
+    precision = [round(100 * float(t) / p, 3) if p else None for t, p in zip(tp, n_pred)]
+    recall = [round(100 * float(t) / n, 3) if n else None for t, n in zip(tp, n_pos)]
+    return precision, recall
+
+
+def predictions(scores: np.ndarray, thresholds, labels: list[str] | None = None) -> np.ndarray:
+    """bool [N, C]: the tags `tagger tag` would write for each photo."""
+    predicted = scores >= np.asarray(thresholds)[None, :]
+    return close_upward(predicted, labels) if labels is not None else predicted

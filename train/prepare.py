@@ -39,6 +39,9 @@ def _report_sources(photos: LabelledPhotos, labels_file: str, log: Log) -> None:
         more = len(photos.ignored) - 10
         log(f"ignored {len(photos.ignored)} tags not in {Path(labels_file).name}: {top}"
             + (f" and {more} more" if more > 0 else ""))
+    if photos.rejected:
+        log("known negatives from tagger review (\"not_labels\") overrode "
+            + ", ".join(f"{n} {t!r}" for t, n in photos.rejected.most_common()) + " positives")
     for line in photos.warnings[:20]:
         log(f"warning: {line}")
     if len(photos.warnings) > 20:

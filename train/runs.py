@@ -5,6 +5,8 @@
     RUN_DIR/best.pt         the checkpoint validation picked (weights without the teacher)
     RUN_DIR/last.pt         the latest epoch, optimizer included: what --resume continues from
     RUN_DIR/metrics.json    validation mAP total/head/medium/tail, per-tag AP/F1/threshold, history
+    RUN_DIR/val_scores.npy  the best checkpoint's validation scores [N_val, C] (for report.html)
+    RUN_DIR/report.html     per-tag table, plots and thumbnails (train.report)
     RUN_DIR/cache/          decoded training pixels (uint8 memmap), reused by --resume and export
 """
 from __future__ import annotations
@@ -31,6 +33,8 @@ METRICS = "metrics.json"
 BEST = "best.pt"
 LAST = "last.pt"
 CACHE_DIR = "cache"
+VAL_SCORES = "val_scores.npy"  # the best model's scores on the validation photos, dataset.json "val" order
+REPORT = "report.html"
 RUN_FORMAT = 2  # 2: per-photo score normalisation, learned tag bias, reference prompt
 
 
@@ -53,6 +57,13 @@ def read_json(path: Path) -> dict:
         raise RunError(path, "missing from the run folder") from None
     except (OSError, ValueError) as exc:
         raise RunError(path, f"cannot read: {exc}") from None
+
+
+def save_val_scores(run_dir: Path, scores: np.ndarray) -> None:
+    tmp = run_dir / f".{VAL_SCORES}.tmp"
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.asarray(scores, dtype=np.float32))
+    os.replace(tmp, run_dir / VAL_SCORES)
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
+from tagger.errors import TaggerError
 from train import runs
 from train.backbone import LoadedClip, load_clip
 from train.config import (Log, TrainConfig, TrainError, check_config, check_same_setup, data_defaults,
                           pick_device, resolve_defaults)
 from train.evaluate import evaluate
 from train.losses import make_loss
-from train.metrics import calibrate_thresholds, f1_summary, frequency_group
+from train.metrics import calibrate_thresholds, f1_summary, frequency_group, precision_recall
 from train.model import HPDVAL, HPDVALConfig
 from train.prepare import Prepared, prepare_data
 from train.stages import Trainer, load_model_state
@@ -34,6 +35,7 @@ class TrainResult:
     metrics: dict
     elapsed_s: float
     history: list[dict] = field(default_factory=list)
+    report: Path | None = None  # report.html, when it could be made
 
 
 def run_config(cfg: TrainConfig, clip: LoadedClip, model: HPDVAL, name: str) -> dict:
@@ -122,7 +124,19 @@ def train(cfg: TrainConfig, resume: bool = False, log: Log = print, progress: bo
     metrics = finish(cfg, model, data, trainer, device, run_dir, time.perf_counter() - started)
     for line in summary_lines(metrics):
         log(line)
-    return TrainResult(run_dir, metrics, time.perf_counter() - started, trainer.history)
+    report = _write_report(run_dir, log)
+    return TrainResult(run_dir, metrics, time.perf_counter() - started, trainer.history, report)
+
+
+def _write_report(run_dir: Path, log: Log) -> Path | None:
+    """report.html; a report that cannot be made costs the user the page, never the trained run."""
+    from train.report import write_report
+
+    try:
+        return write_report(run_dir)
+    except (TaggerError, OSError, ValueError) as exc:
+        log(f"warning: report.html not written ({exc}); rebuild it with `tagger report {run_dir}`")
+        return None
 
 
 def finish(cfg: TrainConfig, model: HPDVAL, data: Prepared, trainer: Trainer, device: torch.device,
@@ -134,11 +148,14 @@ def finish(cfg: TrainConfig, model: HPDVAL, data: Prepared, trainer: Trainer, de
     val_targets = data.targets[data.val_idx]
     thresholds, _ = calibrate_thresholds(scores, val_targets, data.labels)
     f1 = f1_summary(scores, val_targets, thresholds, data.labels)
+    precision, recall = precision_recall(scores, val_targets, thresholds, data.labels)
+    runs.save_val_scores(run_dir, scores)  # the report's thumbnails and curves: `tagger report` reuses them
     train_counts = data.targets[data.train_idx].sum(axis=0)
     val_counts = val_targets.sum(axis=0)
     tags = [{"tag": tag, "group": frequency_group(int(n)), "train_positives": int(n), "val_positives": int(v),
-             "ap": ap, "f1": f, "threshold": round(float(t), 6)}
-            for tag, n, v, ap, f, t in zip(data.labels, train_counts, val_counts, summary["ap"], f1["f1"], thresholds)]
+             "ap": ap, "f1": f, "precision": p, "recall": r, "threshold": round(float(t), 6)}
+            for tag, n, v, ap, f, p, r, t in zip(data.labels, train_counts, val_counts, summary["ap"], f1["f1"],
+                                                 precision, recall, thresholds)]
     metrics = {
         "val": {k: summary[k] for k in ("mAP", "mAP_head", "mAP_medium", "mAP_tail")}
         | {"f1_macro": f1["f1_macro"], "f1_micro": f1["f1_micro"]},
