@@ -17,6 +17,7 @@ imported only here, and only when `--ray` is asked for (`pip install "tagger[clu
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -37,7 +38,11 @@ from tagger.writers import ModelRef, PhotoResult, create_writer
 CHUNK = 2048  # paths per object-store block handed from discovery to Ray Data
 DECODE_BATCH = 16  # photos per decode task: enough to amortise a task, small enough to spread
 WRITE_BATCH = 64  # photos per write task (an embed writer starts one exiftool per task)
-CPU_ACTOR_THREADS = 4  # ONNX Runtime threads of an inference actor on CPU nodes
+CPU_ACTOR_THREADS = 4
+# What a decode task asks of a node's memory: a half-size demosaic of a 50 MP RAW file peaks near this.
+# The request also keeps Ray from fusing decoding into the inference actors (it fuses stages that ask
+# for the same resources), which would decode on the actors' cores only instead of on every core.
+DECODE_MEMORY = 256 * 2**20  # ONNX Runtime threads of an inference actor on CPU nodes
 
 
 def missing_ray() -> TaggerError:
@@ -56,6 +61,13 @@ class WriteSettings:
     labels: tuple[str, ...]
     model_ref: ModelRef
     dry_run: bool
+
+    @classmethod
+    def for_run(cls, run: TagRun, names: Iterable[str], xmp_name: str = "extension",
+                keyword_prefix: str | None = None, backup: bool = False) -> "WriteSettings":
+        info = run.model.info
+        return cls(tuple(names), xmp_name, keyword_prefix, backup, run.decision, tuple(run.model.labels),
+                   ModelRef(info.name, info.sha256), run.dry_run)
 
 
 def _chunks(paths: Iterable[Path], size: int) -> Iterator[list[str]]:
@@ -206,6 +218,7 @@ class Cluster:
         summary = Summary()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's own bar counts photos
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # not a plan and a timing per run
         model_ref = settings.model_ref
         try:
             todo = run._needing_work(iter_photos(roots, exclude), model_ref, summary)
@@ -216,9 +229,10 @@ class Cluster:
             resources = {"num_gpus": 1} if self.gpus else {"num_cpus": 1}
             ds = (ray.data.from_arrow_refs(blocks)
                   .map_batches(decode_batch, fn_kwargs={"spec": run.model.info.preprocess}, batch_size=DECODE_BATCH,
-                               batch_format="numpy", num_cpus=1)
+                               batch_format="numpy", num_cpus=1, memory=DECODE_MEMORY)
                   .map_batches(Infer, fn_constructor_args=(model_box, model_ref.sha256, self.actor_device, self.threads),
-                               batch_size=run.batch_size, batch_format="numpy", concurrency=self.actors, **resources)
+                               batch_size=run.batch_size, batch_format="numpy",
+                               compute=ray.data.ActorPoolStrategy(size=self.actors), **resources)
                   .map_batches(write_batch, fn_kwargs={"settings": settings}, batch_size=WRITE_BATCH,
                                batch_format="numpy", num_cpus=1))
             for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # Loaded lazily by `tagger train` / `tagger export` only, from the same checkout (DESIGN.md §1).
 FIRST_PARTY = {"tagger", "train", "export"}
-# Imported under `except ImportError`: an extra brings them (heif, raw).
-OPTIONAL = {"pillow_heif", "pi_heif", "rawpy"}
+# Imported under `except ImportError` or only when asked for: an extra brings them (heif, raw, cluster).
+OPTIONAL = {"pillow_heif", "pi_heif", "rawpy", "ray", "pyarrow"}
 
 
 def _distribution(requirement: str) -> str:

@@ -1,6 +1,8 @@
 """`tagger tag --ray` on a local Ray (2 CPUs, no network): the one-machine run's outputs, summary and exit."""
+import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,13 +10,16 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-ray = pytest.importorskip("ray", reason='the Ray path needs pip install ".[cluster]"')
+from tagger.cli import cli
 
-from tagger.cli import cli  # noqa: E402
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason='the Ray path needs pip install ".[cluster]"')
 
 
 @pytest.fixture(scope="module")
 def local_ray():
+    import ray
+
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield
     ray.shutdown()
@@ -40,6 +45,14 @@ def _tag(root: Path, model: Path, *extra):
     return CliRunner().invoke(cli, ["tag", str(root), "--model", str(model), "-q", *extra])
 
 
+def test_without_ray_installed_the_command_says_which_extra(tmp_path, colour_model, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an install without the `cluster` extra sees
+    result = _tag(tmp_path, colour_model, "--ray")
+    assert result.exit_code == 1
+    assert 'pip install "tagger[cluster]"' in result.output
+
+
+@needs_ray
 @pytest.mark.slow
 def test_ray_run_writes_what_one_machine_writes_skips_on_rerun_and_names_bad_files(
         local_ray, tmp_path, samples, colour_model):

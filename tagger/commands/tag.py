@@ -41,16 +41,6 @@ def _check_roots(paths: tuple[str, ...]) -> None:
             raise click.ClickException(f"{path}: folder not readable (permission denied)")
 
 
-def _write_settings(run: TagRun, write: list[str], xmp_name: str, keyword_prefix: str | None, backup: bool):
-    """What the Ray workers need to rebuild this run's writers and decisions."""
-    from tagger.cluster import WriteSettings
-    from tagger.writers import ModelRef
-
-    info = run.model.info
-    return WriteSettings(tuple(write), xmp_name, keyword_prefix, backup, run.decision, tuple(run.model.labels),
-                         ModelRef(info.name, info.sha256), run.dry_run)
-
-
 @click.command()
 @photo_paths
 @model_option
@@ -93,7 +83,7 @@ def tag(paths, model_spec, write, threshold, top_k, batch_size, device, precisio
     cluster = None
     try:
         if use_ray or ray_address:
-            from tagger.cluster import Cluster  # Ray is imported only when asked for
+            from tagger.cluster import Cluster, WriteSettings  # Ray itself is imported only by Cluster.join
 
             cluster = Cluster.join(ray_address, device)
             model, chosen = open_model(model_spec, *cluster.driver_choice(precision), spinning=False)
@@ -121,7 +111,7 @@ def tag(paths, model_spec, write, threshold, top_k, batch_size, device, precisio
                      emit=click.echo, progress=bar.update)
         try:
             summary = run.run(paths, exclude) if cluster is None else cluster.tag(
-                run, paths, exclude, _write_settings(run, write, xmp_name, keyword_prefix, backup))
+                run, paths, exclude, WriteSettings.for_run(run, write, xmp_name, keyword_prefix, backup))
         except ExifToolMissing as exc:  # exiftool could not be restarted after it died: nothing more can be written
             raise click.ClickException(str(exc)) from None
 
