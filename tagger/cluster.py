@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -104,11 +105,13 @@ class Infer:
     def __init__(self, model_box: list, sha256: str, device: str, threads: int | None):
         import ray
 
-        data = ray.get(model_box[0])
-        folder = tempfile.mkdtemp(prefix="tagger-model-")
-        path = Path(folder) / "model.onnx"
-        path.write_bytes(data)
-        self.model = TaggerModel(path, device=device, threads=threads, spinning=False)
+        folder = Path(tempfile.mkdtemp(prefix="tagger-model-"))
+        path = folder / "model.onnx"
+        try:
+            path.write_bytes(ray.get(model_box[0]))
+            self.model = TaggerModel(path, device=device, threads=threads, spinning=False)
+        finally:  # the session holds the model in memory; no copy is left behind on the node
+            shutil.rmtree(folder, ignore_errors=True)
         if self.model.info.sha256 != sha256:  # the bytes that arrived are not the model asked for
             raise ModelError(path, "model file changed on its way to the worker")
 
