@@ -45,7 +45,10 @@ def test_torchrun_two_processes_train_what_one_process_trains(tmp_path):
     assert two.stdout.count("stage 1 epoch 3/3") == 1 and two.stdout.count("run saved in") == 1
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
-    assert m2["val"] == m1["val"] and m2["best"] == m1["best"]
+    # Validation mAP is rounded to 3 decimals; 0.01 leaves room for a tie broken the other way by
+    # float32 noise on another CPU, while any real training difference moves it by whole points.
+    assert m2["best"] == m1["best"]
+    assert m2["val"]["mAP"] == pytest.approx(m1["val"]["mAP"], abs=0.01)
     for h1, h2 in zip(m1["history"], m2["history"], strict=True):
         assert h2["mAP"] == pytest.approx(h1["mAP"], abs=0.01)
         if h1["loss"] is not None:  # the epoch loss is the mean over the global batches
