@@ -34,7 +34,7 @@ from tagger.images import Preprocess
 from tagger.modelfile import TaggerModel
 from tagger.pipeline import decode_one
 from tagger.tagging import Decision, Summary, TagRun
-from tagger.writers import ModelRef, PhotoResult, create_writer
+from tagger.writers import ModelRef, create_writer
 
 CHUNK = 2048  # paths per object-store block handed from discovery to Ray Data
 DECODE_BATCH = 16  # photos per decode task: enough to amortise a task, small enough to spread
@@ -59,7 +59,6 @@ class WriteSettings:
     keyword_prefix: str | None
     backup: bool
     decision: Decision
-    labels: tuple[str, ...]
     model_ref: ModelRef
     dry_run: bool
 
@@ -67,7 +66,7 @@ class WriteSettings:
     def for_run(cls, run: TagRun, names: Iterable[str], xmp_name: str = "extension",
                 keyword_prefix: str | None = None, backup: bool = False) -> "WriteSettings":
         info = run.model.info
-        return cls(tuple(names), xmp_name, keyword_prefix, backup, run.decision, tuple(run.model.labels),
+        return cls(tuple(names), xmp_name, keyword_prefix, backup, run.decision,
                    ModelRef(info.name, info.sha256), run.dry_run)
 
 
@@ -140,10 +139,7 @@ def write_batch(batch: dict, settings: WriteSettings) -> dict:
             if error:
                 summary.failed.append(TaggerError(str(path), str(error)))
                 continue
-            result = PhotoResult(path=Path(str(path)), size=int(size), mtime=float(mtime), model=settings.model_ref,
-                                 tags=settings.decision.tags(scores),
-                                 scores={label: float(s) for label, s in zip(settings.labels, scores)})
-            run._write(result, summary)
+            run.tag_one(Path(str(path)), int(size), float(mtime), scores, settings.model_ref, summary)
     finally:
         for writer in writers:
             writer.close()
