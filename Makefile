@@ -10,7 +10,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[train,heif,raw,review,dev]"
+	$(PY) -m pip install -q -e ".[train,heif,raw,review,cluster,dev]"
 	touch $@
 
 system-deps:

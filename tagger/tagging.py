@@ -105,16 +105,7 @@ class TagRun:
                                           batch_size=self.batch_size, workers=self.workers):
                 summary.failed.extend(errors)
                 for decoded, scores in done:
-                    problem = score_problem(scores, self.model.labels)
-                    if problem:
-                        summary.failed.append(TaggerError(decoded.path, f"{problem}; nothing written"))
-                        continue
-                    rejected = rejected_tags(decoded.path)  # the user's "no" (tagger review) wins
-                    result = PhotoResult(
-                        path=decoded.path, size=decoded.stat.st_size, mtime=decoded.stat.st_mtime,
-                        model=model_ref, tags=[t for t in self.decision.tags(scores) if t[0] not in rejected],
-                        scores={label: float(s) for label, s in zip(self.model.labels, scores)})
-                    self._write(result, summary)
+                    self.tag_one(decoded.path, decoded.stat.st_size, decoded.stat.st_mtime, scores, model_ref, summary)
                 self.progress(len(done) + len(errors))
         except KeyboardInterrupt:
             summary.interrupted = True
@@ -122,6 +113,19 @@ class TagRun:
             for writer in self.writers:
                 writer.close()
         return summary
+
+    def tag_one(self, path: Path, size: int, mtime: float, scores: np.ndarray, model_ref: ModelRef,
+                summary: Summary) -> None:
+        """One photo's scores to its tags and outputs (also what `tagger tag --ray` workers run)."""
+        problem = score_problem(scores, self.decision.labels)
+        if problem:
+            summary.failed.append(TaggerError(path, f"{problem}; nothing written"))
+            return
+        rejected = rejected_tags(path)  # the user's "no" (tagger review) wins
+        result = PhotoResult(path=path, size=size, mtime=mtime, model=model_ref,
+                             tags=[t for t in self.decision.tags(scores) if t[0] not in rejected],
+                             scores={label: float(s) for label, s in zip(self.decision.labels, scores)})
+        self._write(result, summary)
 
     def _writers_for(self, photo: Path) -> list[Writer]:
         """The writers that may write this photo's outputs: none that writes into a proprietary RAW."""

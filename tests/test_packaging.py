@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 # Loaded lazily by `tagger train` / `tagger export` only, from the same checkout (DESIGN.md §1).
 FIRST_PARTY = {"tagger", "train", "export"}
-# Imported under `except ImportError` (heif, raw), or only inside the command that needs them (review).
-OPTIONAL = {"pillow_heif", "pi_heif", "rawpy", "flask", "werkzeug"}
+# Imported under `except ImportError` (heif, raw) or only inside what needs them (review, cluster).
+OPTIONAL = {"pillow_heif", "pi_heif", "rawpy", "flask", "werkzeug", "ray", "pyarrow"}
 
 
 def _distribution(requirement: str) -> str:

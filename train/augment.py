@@ -20,17 +20,21 @@ class AugmentConfig:
 
 
 def augment(images_uint8_nhwc: torch.Tensor, generator: torch.Generator,
-            config: AugmentConfig | None = None) -> torch.Tensor:
+            config: AugmentConfig | None = None, part: tuple[int, int] | None = None) -> torch.Tensor:
     """uint8 [B, S, S, 3] -> float [B, 3, S, S] in [0, 1], each image transformed differently.
 
     Random draws come from `generator` (on the CPU) so a seeded run is repeatable on any device.
+    `part` = (offset, total): the images are rows offset:offset+B of a batch of `total` (one rank's
+    share under torchrun); the draws are made for the whole batch, so each photo gets the transform
+    it gets in one process.
     """
     cfg = config or AugmentConfig()
     x = images_uint8_nhwc.permute(0, 3, 1, 2).to(torch.float32) / 255.0
     b, device = x.shape[0], x.device
+    offset, total = part if part is not None else (0, b)
 
     def draw(low: float, high: float) -> torch.Tensor:
-        return (torch.rand(b, generator=generator) * (high - low) + low).to(device)
+        return (torch.rand(total, generator=generator)[offset:offset + b] * (high - low) + low).to(device)
 
     area = draw(*cfg.scale)
     log_ratio = draw(float(torch.log(torch.tensor(cfg.ratio[0]))), float(torch.log(torch.tensor(cfg.ratio[1]))))

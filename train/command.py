@@ -154,7 +154,8 @@ def train(labels, data, out, resume, quiet, **_options) -> None:
     except KeyboardInterrupt:
         click.echo(f"\ninterrupted; continue with: tagger train --resume --out {out}", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    click.echo(f"run saved in {result.run_dir} ({result.elapsed_s:.0f}s); next: tagger export {result.run_dir}")
+    if result.rank == 0:  # under torchrun the other ranks have nothing to add
+        click.echo(f"run saved in {result.run_dir} ({result.elapsed_s:.0f}s); next: tagger export {result.run_dir}")
     if result.report is not None:
         click.echo(f"report: {result.report}")
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from train import runs
 from train.augment import augment
 from train.config import Log, TrainConfig, TrainError, autocast
+from train.distributed import Single
 from train.evaluate import evaluate, extract_features
 from train.model import HPDVAL, normalize_pixels, standardize
 from train.prepare import Prepared
@@ -98,8 +99,10 @@ class Trainer:
     """Runs the stages on one model and dataset, validating and checkpointing every candidate."""
 
     def __init__(self, cfg: TrainConfig, model: HPDVAL, loss_fn: torch.nn.Module, data: Prepared,
-                 device: torch.device, run_dir: Path, log: Log, progress: bool):
+                 device: torch.device, run_dir: Path, log: Log, progress: bool, dist: Single | None = None):
         self.cfg, self.model, self.loss_fn, self.data = cfg, model, loss_fn, data
+        self.dist = dist or Single()  # under torchrun: this rank's share of each batch; rank 0 saves
+        self.stage1_forward = self.stage1_loss
         self.device, self.run_dir, self.log, self.progress = device, run_dir, log, progress
         self.history: list[dict] = []
         self.best: dict = {"mAP": -math.inf, "stage": None, "epoch": None}
@@ -121,8 +124,9 @@ class Trainer:
         improved = score > self.best["mAP"] or self.best["stage"] is None
         if improved:
             self.best = {"mAP": score, "stage": stage, "epoch": epoch, **extra}
-            runs.save_checkpoint(self.run_dir / runs.BEST, {"model": model_state, "stage": stage, "epoch": epoch,
-                                                            "val": summary, **extra})
+            if self.dist.is_main:
+                runs.save_checkpoint(self.run_dir / runs.BEST, {"model": model_state, "stage": stage, "epoch": epoch,
+                                                                "val": summary, **extra})
         return improved
 
     def start(self) -> None:
@@ -153,6 +157,8 @@ class Trainer:
             model_state.update({f"student.{k}": v for k, v in ema.shadow.items()})
         improved = self._consider(stage, epoch, summary, model_state)
         self.state = {"stage": stage, "epoch": epoch}
+        if not self.dist.is_main:
+            return improved
         runs.save_checkpoint(self.run_dir / runs.LAST, {
             "model": model_state, "stage": stage, "epoch": epoch,
             "optimizer": optimizer.state_dict() if optimizer else None,
@@ -208,6 +214,7 @@ class Trainer:
                 ema.shadow = resume["ema"]
             start = resume["epoch"] + 1
         use_kd = cfg.kd and model.teacher is not None and cfg.kd_weight > 0
+        self.stage1_forward = self.dist.wrap(model, self.stage1_loss)
         for epoch in range(start, cfg.epochs + 1):
             rng, gen = epoch_rng(cfg.seed, 1, epoch)
             model.train()
@@ -217,14 +224,17 @@ class Trainer:
             bar = tqdm(batches(len(self.data.train_idx), cfg.batch_size, rng), desc=f"stage 1 epoch {epoch}/{cfg.epochs}",
                        unit="batch", leave=False, disable=None if self.progress else True)
             for batch in bar:
-                images = torch.from_numpy(self.data.cache.get(self.data.train_idx[batch]))
-                loss = self.stage1_step(images, self.train_targets[batch], gen, optimizer, use_kd)
+                mine, offset = self.dist.shard(batch)  # all of it in one process
+                images = torch.from_numpy(self.data.cache.get(self.data.train_idx[mine]))
+                loss = self.stage1_step(images, self.train_targets[mine], gen, optimizer, use_kd,
+                                        part=(offset, len(batch)))
                 scheduler.step()
                 if ema is not None:
                     ema.update(model.student)
-                total += loss * len(batch)
-                count += len(batch)
+                total += loss * len(mine)
+                count += len(mine)
                 bar.set_postfix(loss=f"{total / count:.4f}")
+            total, count = self.dist.sum(total), int(self.dist.sum(count))
             seconds = time.perf_counter() - started
             with ema.applied(model.student) if ema is not None else contextlib.nullcontext():
                 summary, _ = evaluate(model, self.data, device, self._eval_batch())
@@ -249,18 +259,20 @@ class Trainer:
         return terms
 
     def stage1_step(self, images: torch.Tensor, targets: torch.Tensor, gen: torch.Generator,
-                    optimizer: torch.optim.Optimizer, use_kd: bool) -> float:
-        """One stage 1 update on a uint8 [B, S, S, 3] batch; returns the loss."""
+                    optimizer: torch.optim.Optimizer, use_kd: bool, part: tuple[int, int] | None = None) -> float:
+        """One stage 1 update on a uint8 [B, S, S, 3] batch; returns the loss. Under torchrun the
+        batch is rows `part` = (offset, total) of the global batch."""
         cfg, model, device = self.cfg, self.model, self.device
         images, targets = images.to(device), targets.to(device)
         if cfg.augment:
-            pixels = standardize(augment(images, gen), model.mean, model.std)
+            pixels = standardize(augment(images, gen, part=part), model.mean, model.std)
         else:
             pixels = normalize_pixels(images, model.mean, model.std)
         with autocast(device):
-            loss = sum(self.stage1_loss(pixels, targets, use_kd).values())
+            loss = sum(self.stage1_forward(pixels, targets, use_kd).values())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        weight = self.dist.loss_weight(len(images), part[1]) if part is not None else 1.0
+        (loss * weight if weight != 1.0 else loss).backward()
         optimizer.step()
         return float(loss.detach())
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from tagger.errors import TaggerError
-from train import runs
+from train import distributed, runs
 from train.backbone import LoadedClip, load_clip
 from train.config import (Log, TrainConfig, TrainError, check_config, check_same_setup, data_defaults,
                           pick_device, resolve_defaults)
@@ -36,6 +36,7 @@ class TrainResult:
     elapsed_s: float
     history: list[dict] = field(default_factory=list)
     report: Path | None = None  # report.html, when it could be made
+    rank: int = 0  # under torchrun: only rank 0's result holds the metrics
 
 
 def run_config(cfg: TrainConfig, clip: LoadedClip, model: HPDVAL, name: str) -> dict:
@@ -64,7 +65,18 @@ def build_model(cfg: TrainConfig, clip: LoadedClip, data: Prepared, device: torc
 
 
 def train(cfg: TrainConfig, resume: bool = False, log: Log = print, progress: bool = True) -> TrainResult:
-    """Run (or continue) training into `cfg.out` and return the final validation metrics."""
+    """Run (or continue) training into `cfg.out` and return the final validation metrics.
+
+    Under torchrun (WORLD_SIZE set) every rank calls this: train.distributed says how they share it."""
+    dist = distributed.from_environment()
+    log, progress = distributed.quiet(dist, log, progress)
+    try:
+        return _train(cfg, resume, log, progress, dist)
+    finally:
+        dist.close()
+
+
+def _train(cfg: TrainConfig, resume: bool, log: Log, progress: bool, dist: distributed.Single) -> TrainResult:
     started = time.perf_counter()
     check_config(cfg)
     cfg = resolve_defaults(cfg, log)
@@ -80,24 +92,27 @@ def train(cfg: TrainConfig, resume: bool = False, log: Log = print, progress: bo
     run_dir.mkdir(parents=True, exist_ok=True)
 
     torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
+    device = dist.device(pick_device(cfg.device))
     log(f"backbone {cfg.backbone} ({cfg.pretrained or 'random init'}) on {device.type}"
-        + (" with bf16 autocast" if device.type == "cuda" else ""))
+        + (" with bf16 autocast" if device.type == "cuda" else "")
+        + (f", {dist.world_size} processes ({dist.backend})" if dist.world_size > 1 else ""))
     if saved_config is not None:
         check_same_setup(saved_config["train"], cfg)
     clip = load_clip(cfg.backbone, cfg.pretrained, device="cpu")
-    data = prepare_data(cfg, clip, run_dir, log, progress, saved_dataset)
+    data = distributed.prepare_once(dist, lambda saved: prepare_data(cfg, clip, run_dir, log, progress, saved),
+                                    saved_dataset)
     cfg = data_defaults(cfg, len(data.train_idx), clip.model.visual.transformer.width, log)
+    dist.check_batches(cfg.batch_size, len(data.train_idx))
     log(f"training: loss {cfg.loss}, scores {cfg.score_norm}, alpha {cfg.alpha:g}, stage 1 lr {cfg.lr:.3g} for "
         f"{cfg.epochs} epochs" + (" + WiSE-FT mixes" if cfg.wise_ft else "") + f", stage 2 lr {cfg.stage2_lr:g} for "
         f"{cfg.stage2_epochs} epochs, batch {cfg.batch_size}, stages {','.join(map(str, cfg.stages))}")
     model, loss_fn = build_model(cfg, clip, data, device)
     name = cfg.name or Path(cfg.labels).stem
-    if saved_config is None:
+    if saved_config is None and dist.is_main:
         runs.write_json(run_dir / runs.CONFIG, run_config(cfg, clip, model, name))
         runs.write_json(run_dir / runs.DATASET, data.dataset)
 
-    trainer = Trainer(cfg, model, loss_fn, data, device, run_dir, log, progress)
+    trainer = Trainer(cfg, model, loss_fn, data, device, run_dir, log, progress, dist)
     payload = None
     if resume and (run_dir / runs.LAST).is_file():
         payload = trainer.restore(runs.load_checkpoint(run_dir / runs.LAST))
@@ -109,6 +124,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: Log = print, progress: bo
 
     stages = sorted(set(cfg.stages))
     for stage in stages:
+        if stage == 2 and not distributed.alone(dist):
+            return TrainResult(run_dir, {}, time.perf_counter() - started, trainer.history, rank=dist.rank)
         done = trainer.state["stage"]
         if done > stage:
             continue
@@ -121,11 +138,13 @@ def train(cfg: TrainConfig, resume: bool = False, log: Log = print, progress: bo
         elif stage == 2 and cfg.stage2_epochs > 0:
             trainer.stage2(resume_from)
 
+    if not distributed.alone(dist):
+        return TrainResult(run_dir, {}, time.perf_counter() - started, trainer.history, rank=dist.rank)
     metrics = finish(cfg, model, data, trainer, device, run_dir, time.perf_counter() - started)
     for line in summary_lines(metrics):
         log(line)
     report = _write_report(run_dir, log)
-    return TrainResult(run_dir, metrics, time.perf_counter() - started, trainer.history, report)
+    return TrainResult(run_dir, metrics, time.perf_counter() - started, trainer.history, report=report)
 
 
 def _write_report(run_dir: Path, log: Log) -> Path | None:

@@ -7,7 +7,7 @@ import click
 
 from tagger.commands.options import model_option, photo_paths
 from tagger.exiftool import ExifToolMissing
-from tagger.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, ModelError, TaggerError
+from tagger.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, TaggerError
 from tagger.modelfile import DEVICES, cpu_count, open_model
 from tagger.tagging import Decision, TagRun
 from tagger.writers import WRITER_NAMES, create_writer
@@ -65,9 +65,13 @@ def _check_roots(paths: tuple[str, ...]) -> None:
 @click.option("--keyword-prefix", default=None, metavar="TEXT", callback=_parse_prefix,
               help="Put the tagger's keywords under this parent (e.g. 'auto'), for --write xmp/embed.")
 @click.option("--backup", is_flag=True, help="With --write embed, keep each original as FILE_original.")
+@click.option("--ray", "use_ray", is_flag=True,
+              help='Run on a Ray cluster: the one RAY_ADDRESS or --ray-address names, else a local Ray '
+                   '(pip install "tagger[cluster]"). Photos must be on storage every node sees.')
+@click.option("--ray-address", default=None, metavar="ADDRESS", help="The Ray cluster to join (implies --ray).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def tag(paths, model_spec, write, threshold, top_k, batch_size, device, precision, workers, exclude, force, dry_run,
-        xmp_name, keyword_prefix, backup, quiet) -> None:
+        xmp_name, keyword_prefix, backup, use_ray, ray_address, quiet) -> None:
     """Tag every photo under PATH... and write the tags beside them.
 
     Folders are walked recursively (hidden ones skipped). Photos whose outputs are up to date for
@@ -76,12 +80,20 @@ def tag(paths, model_spec, write, threshold, top_k, batch_size, device, precisio
     """
     _check_roots(paths)
     workers = workers or cpu_count()
+    cluster = None
     try:
-        model, chosen = open_model(model_spec, device=device, precision=precision, spinning=False)
-    except ModelError as exc:
+        if use_ray or ray_address:
+            from tagger.cluster import Cluster, WriteSettings  # Ray itself is imported only by Cluster.join
+
+            cluster = Cluster.join(ray_address, device)
+            model, chosen = open_model(model_spec, *cluster.driver_choice(precision), spinning=False)
+        else:
+            model, chosen = open_model(model_spec, device=device, precision=precision, spinning=False)
+    except TaggerError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"model {model.info.name} ({chosen}) on {model.providers[0]}", err=True)
-    on_gpu = model.providers[0] != "CPUExecutionProvider"
+    where = model.providers[0] if cluster is None else cluster.describe()
+    click.echo(f"model {model.info.name} ({chosen}) on {where}", err=True)
+    on_gpu = model.providers[0] != "CPUExecutionProvider" if cluster is None else cluster.gpus > 0
     batch_size = batch_size or (64 if on_gpu else 16)
 
     try:
@@ -98,7 +110,8 @@ def tag(paths, model_spec, write, threshold, top_k, batch_size, device, precisio
                      batch_size=batch_size, workers=workers, force=force, dry_run=dry_run,
                      emit=click.echo, progress=bar.update)
         try:
-            summary = run.run(paths, exclude)
+            summary = run.run(paths, exclude) if cluster is None else cluster.tag(
+                run, paths, exclude, WriteSettings.for_run(run, write, xmp_name, keyword_prefix, backup))
         except ExifToolMissing as exc:  # exiftool could not be restarted after it died: nothing more can be written
             raise click.ClickException(str(exc)) from None
 

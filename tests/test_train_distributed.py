@@ -1,0 +1,77 @@
+"""`torchrun --nproc_per_node 2 -m tagger train` on the CPU (gloo) trains the model one process trains."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("open_clip")
+
+from train.synthetic import generate_dataset  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "train" / "model_configs" / "tagger-tiny.json")
+LR = 2e-3
+TOLERANCE = 0.1  # of one Adam step (lr): see the weight comparison below
+
+
+def _train(launcher: list[str], synthetic, out: Path) -> subprocess.CompletedProcess:
+    args = ["--labels", str(synthetic.labels_file), "--data", str(synthetic.train_dir),
+            "--annotations", str(synthetic.train_csv), "--backbone", TINY, "--out", str(out), "--no-keywords",
+            "-q", "--device", "cpu", "--batch-size", "15", "--epochs", "3", "--stage2-epochs", "1",
+            "--lr", str(LR), "--seed", "3"]
+    # One thread per process: the same float sums in every run, and no fight over the cores.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([*launcher, "-m", "tagger", "train", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_what_one_process_trains(tmp_path):
+    # 96 training photos in global batches of 15: 6 steps an epoch, one of them the 21-photo merged
+    # last batch, split 8/7 and 11/10 between the ranks (unequal shares, as a real run has them).
+    synthetic = generate_dataset(tmp_path / "data", n_train=120, n_test=0, seed=1)
+    one = _train([sys.executable], synthetic, tmp_path / "one")
+    assert one.returncode == 0, one.stdout + one.stderr
+    two = _train([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+                 synthetic, tmp_path / "two")
+    assert two.returncode == 0, two.stdout + two.stderr
+
+    assert "2 processes (gloo)" in two.stdout
+    # Rank 0 alone logs: each epoch and the final line once.
+    assert two.stdout.count("stage 1 epoch 3/3") == 1 and two.stdout.count("run saved in") == 1
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    # Validation mAP is rounded to 3 decimals; 0.01 leaves room for a tie broken the other way by
+    # float32 noise on another CPU, while any real training difference moves it by whole points.
+    assert m2["best"] == m1["best"]
+    assert m2["val"]["mAP"] == pytest.approx(m1["val"]["mAP"], abs=0.01)
+    for h1, h2 in zip(m1["history"], m2["history"], strict=True):
+        assert h2["mAP"] == pytest.approx(h1["mAP"], abs=0.01)
+        if h1["loss"] is not None:  # the epoch loss is the mean over the global batches
+            assert h2["loss"] == pytest.approx(h1["loss"], rel=1e-5)
+
+    # DDP averages the two shares' gradients; weighted by share size that is the one-process
+    # gradient up to float32 summation order (~1e-7 relative), which Adam turns into weight
+    # differences far below one step (a step moves a weight by at most about lr). Left out: the
+    # attention key biases, whose true gradient is exactly zero (softmax ignores a shift shared by all
+    # keys), so each run steps them by ±lr on rounding noise alone, and they change no output.
+    # Training on one rank's half, or with per-rank augmentation draws, moves weights by whole steps.
+    w1 = torch.load(tmp_path / "one" / "last.pt", weights_only=False)["model"]
+    w2 = torch.load(tmp_path / "two" / "last.pt", weights_only=False)["model"]
+    assert w1.keys() == w2.keys()
+    diffs = sorted(((_without_key_bias(k, w1[k]) - _without_key_bias(k, w2[k])).abs().max().item(), k)
+                   for k in w1 if w1[k].is_floating_point())
+    print("largest weight differences", diffs[-4:])
+    assert diffs[-1][0] < TOLERANCE * LR, diffs[-1]
+
+
+def _without_key_bias(name: str, value):
+    value = value.float()
+    if name.endswith("attn.in_proj_bias"):  # [q | k | v]
+        d = value.shape[0] // 3
+        value = torch.cat([value[:d], value[2 * d:]])
+    return value
