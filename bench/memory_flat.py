@@ -7,7 +7,6 @@ process's peak RSS and their ratio (target: within 10%).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from tagger.benchmark import folder_bench_parser
 
 # Runs the CLI in a child and reports that child's own peak RSS (ru_maxrss, KiB on Linux).
 _MEASURE = """
@@ -54,11 +55,9 @@ def peak_rss_mib(folder: Path, model: str) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
+    parser = folder_bench_parser(__doc__, ".cache/bench-memory")
     parser.add_argument("--small", type=int, default=5000)
     parser.add_argument("--large", type=int, default=20000)
-    parser.add_argument("--cache", type=Path, default=Path(".cache/bench-memory"))
     args = parser.parse_args()
 
     results = {}

@@ -7,24 +7,28 @@ Decoding and the model share the machine's cores, so the best a pipeline can do 
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from pathlib import Path
 
-from tagger.benchmark import Bound, cpu_name, decode_rate, end_to_end_rate, model_rate, photo_folder
+from tagger.benchmark import (
+    Bound,
+    cpu_name,
+    decode_rate,
+    end_to_end_rate,
+    folder_bench_parser,
+    model_rate,
+    photo_folder,
+)
 from tagger.modelfile import TaggerModel, cpu_count
 from tagger.writers import create_writer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="a tagger .onnx model")
+    parser = folder_bench_parser(__doc__, ".cache/bench-photos")
     parser.add_argument("--photos", type=int, default=64, help="number of 12 MP JPEGs")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=cpu_count())
-    parser.add_argument("--cache", type=Path, default=Path(".cache/bench-photos"),
-                        help="where the generated photos are kept between runs")
     args = parser.parse_args()
 
     paths = photo_folder(args.cache, args.photos)

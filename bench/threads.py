@@ -8,22 +8,24 @@ off); every other row is a ratio against it.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from pathlib import Path
 
-from tagger.benchmark import cpu_name, end_to_end_rate, photo_folder
+from tagger.benchmark import (
+    cpu_name,
+    end_to_end_rate,
+    folder_bench_parser,
+    photo_folder,
+)
 from tagger.modelfile import TaggerModel, cpu_count
 from tagger.writers import create_writer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
+    parser = folder_bench_parser(__doc__, ".cache/bench-photos")
     parser.add_argument("--photos", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--cache", type=Path, default=Path(".cache/bench-photos"))
     args = parser.parse_args()
 
     cores = cpu_count()

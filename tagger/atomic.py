@@ -7,7 +7,7 @@ import secrets
 import stat as stat_module
 from pathlib import Path
 
-from tagger.errors import WriteError
+from tagger.errors import TaggerError, WriteError
 
 MAX_SIDECAR_BYTES = 32 * 1024 * 1024
 
@@ -44,6 +44,18 @@ def read_sidecar_bytes(path: Path, limit: int = MAX_SIDECAR_BYTES) -> bytes | No
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_sidecar_or_raise(path: Path, error: type[TaggerError], what: str, *, limit: int = MAX_SIDECAR_BYTES,
+                          consequence: str = "") -> bytes | None:
+    """read_sidecar_bytes, its failures raised as `error(path, reason)`: "`what` is <why>`consequence`"
+    for a file that is not a sidecar, "cannot read `what`: <why>" for one that cannot be read."""
+    try:
+        return read_sidecar_bytes(path, limit)
+    except NotASidecar as exc:
+        raise error(path, f"{what} is {exc}{consequence}") from None
+    except OSError as exc:
+        raise error(path, f"cannot read {what}: {exc.strerror or exc}") from None
 
 
 def refuse_read_only(sidecar: Path) -> None:

@@ -5,6 +5,7 @@ Decoding and the model share the machine's cores, so the best a pipeline can rea
 """
 from __future__ import annotations
 
+import argparse
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,16 @@ from tagger.images import Preprocess, load_image, resize_image
 from tagger.modelfile import TaggerModel
 from tagger.pipeline import decode_stream
 from tagger.tagging import Decision, TagRun
+
+
+def folder_bench_parser(doc: str, cache: str) -> argparse.ArgumentParser:
+    """The options every bench/ script that tags a generated folder takes: the model under test and
+    where its generated photos are kept between runs (making 12 MP JPEGs takes longer than tagging)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a tagger .onnx model")
+    parser.add_argument("--cache", type=Path, default=Path(cache),
+                        help="where the generated photos are kept between runs")
+    return parser
 
 
 def cpu_name() -> str:

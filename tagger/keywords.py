@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tagger.atomic import read_sidecar_or_raise
 from tagger.errors import TaggerError
 from tagger.labels import HIERARCHY_SEP, tag_levels
-from tagger.atomic import NotASidecar, read_sidecar_bytes
 from tagger.xmp import MAX_XMP_BYTES, NS_DC, NS_LR, NS_TAGGER, XmpError, XmpPacket, parse_xmp
 
 RECORD_VERSION = "1"
@@ -246,12 +246,7 @@ def sidecar_names(photo: Path) -> tuple[Path, Path]:
 
 def read_sidecar_packet(path: Path) -> XmpPacket | None:
     """An existing sidecar, parsed; None when absent. Unreadable or unsafe ones raise XmpError."""
-    try:
-        data = read_sidecar_bytes(path, MAX_XMP_BYTES)
-    except NotASidecar as exc:
-        raise XmpError(path, f"sidecar is {exc}") from None
-    except OSError as exc:
-        raise XmpError(path, f"cannot read sidecar: {exc.strerror or exc}") from None
+    data = read_sidecar_or_raise(path, XmpError, "sidecar", limit=MAX_XMP_BYTES)
     if data is None:
         return None
     return parse_xmp(data, path)
@@ -264,6 +259,13 @@ class KeywordReadWarning(UserWarning):
 
 def _warn(error: TaggerError) -> None:
     warnings.warn(str(error), KeywordReadWarning, stacklevel=3)
+
+
+def _users_part(fields: KeywordFields, record: TaggerRecord | None) -> list[str]:
+    """A file's keywords less the ones its tagger record says the tagger added."""
+    if record is not None:
+        fields = strip_keywords(fields, record.added)
+    return user_keyword_list(fields)
 
 
 def read_user_keywords(photos: list[Path], *, embedded: bool = True,
@@ -288,11 +290,7 @@ def read_user_keywords(photos: list[Path], *, embedded: bool = True,
                     if isinstance(entry, TaggerError):
                         report(entry)
                         continue
-                    record = exiftool_record(entry)
-                    fields = exiftool_fields(entry)
-                    if record is not None:
-                        fields = strip_keywords(fields, record.added)
-                    found[photo].extend(user_keyword_list(fields))
+                    found[photo].extend(_users_part(exiftool_fields(entry), exiftool_record(entry)))
     for photo in photos:
         for sidecar in dict.fromkeys(sidecar_names(photo)):
             try:
@@ -302,9 +300,5 @@ def read_user_keywords(photos: list[Path], *, embedded: bool = True,
                 continue
             if packet is None:
                 continue
-            fields = packet_fields(packet)
-            record = packet_record(packet)
-            if record is not None:
-                fields = strip_keywords(fields, record.added)
-            found[photo].extend(user_keyword_list(fields))
+            found[photo].extend(_users_part(packet_fields(packet), packet_record(packet)))
     return {photo: list(dict.fromkeys(keywords)) for photo, keywords in found.items()}

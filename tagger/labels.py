@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 from tagger.errors import LabelsError
@@ -33,22 +34,31 @@ def tag_problem(tag: object) -> str | None:
 def check_tags(tags: list, source: object) -> list[str]:
     """A model's or labels file's tags, each a storable keyword and none twice in any case
     (keyword readers compare keywords case-insensitively). Raises LabelsError."""
-    seen: dict[str, str] = {}
+    seen: dict[str, object] = {}
     for tag in tags:
-        problem = tag_problem(tag)
-        if problem:
-            raise LabelsError(source, f"label {problem}")
-        key = tag.casefold()
-        if key in seen:
-            raise LabelsError(source, f"labels {seen[key]!r} and {tag!r} differ only in case")
-        seen[key] = tag
+        _admit(tag, seen, tag, source, "label ",
+               lambda first, tag=tag: f"labels {first!r} and {tag!r} differ only in case")
     return list(tags)
+
+
+def _admit(tag: str, seen: dict[str, object], mark: object, source: object, where: str,
+           clash: Callable[[object], str]) -> None:
+    """Records `tag` in `seen` (its casefolded form -> `mark`, e.g. its line) or raises LabelsError:
+    `where` + why it cannot be a keyword, or `clash(mark of the earlier tag)` when it equals an
+    earlier tag ignoring case (keyword readers compare case-insensitively: the two would be one)."""
+    problem = tag_problem(tag)
+    if problem:
+        raise LabelsError(source, f"{where}{problem}")
+    key = tag.casefold()
+    if key in seen:
+        raise LabelsError(source, clash(seen[key]))
+    seen[key] = mark
 
 
 def parse_labels(text: str, source: str = "<labels>") -> list[str]:
     """Tags in file order. Duplicates and empty hierarchy levels are errors naming the line."""
     tags: list[str] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, object] = {}
     for lineno, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -57,13 +67,9 @@ def parse_labels(text: str, source: str = "<labels>") -> list[str]:
         if any(not level for level in levels):
             raise LabelsError(source, f"line {lineno}: empty tag level in {line!r}")
         tag = HIERARCHY_SEP.join(levels)
-        problem = tag_problem(tag)
-        if problem:
-            raise LabelsError(source, f"line {lineno}: {problem}")
-        key = tag.casefold()
-        if key in seen:
-            raise LabelsError(source, f"line {lineno}: duplicate tag {tag!r} (first on line {seen[key]})")
-        seen[key] = lineno
+        _admit(tag, seen, lineno, source, f"line {lineno}: ",
+               lambda first, lineno=lineno, tag=tag:
+               f"line {lineno}: duplicate tag {tag!r} (first on line {first})")
         tags.append(tag)
     if not tags:
         raise LabelsError(source, "no tags in the labels file")

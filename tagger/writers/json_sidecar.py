@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from tagger.atomic import NotASidecar, read_sidecar_bytes, refuse_read_only, write_atomic
+from tagger.atomic import read_sidecar_or_raise, refuse_read_only, write_atomic
 from tagger.errors import WriteError
 from tagger.writers.base import ModelRef, PhotoResult
 
@@ -21,12 +21,8 @@ def sidecar_path(photo: Path) -> Path:
 def read_sidecar(photo: Path) -> dict | None:
     """The existing sidecar, None when absent. A file that is not ours raises: never overwrite it."""
     path = sidecar_path(photo)
-    try:
-        raw = read_sidecar_bytes(path)
-    except NotASidecar as exc:
-        raise WriteError(path, f"existing sidecar is {exc}; not overwritten (move it away to tag this photo)") from None
-    except OSError as exc:
-        raise WriteError(path, f"cannot read existing sidecar: {exc.strerror or exc}") from None
+    raw = read_sidecar_or_raise(path, WriteError, "existing sidecar",
+                                consequence="; not overwritten (move it away to tag this photo)")
     if raw is None:
         return None
     try:
