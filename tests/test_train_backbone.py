@@ -82,6 +82,13 @@ def test_offline_download_error_says_how_to_pass_a_file(monkeypatch, tmp_path):
         load_clip("ViT-B-32", "laion2b_s34b_b79k", cache_dir=str(tmp_path / "hf"))
     message = str(info.value)
     assert "cannot be reached" in message and "--pretrained /path/to/" in message
+    assert "ViT-B-32 'laion2b_s34b_b79k' checkpoint" in message
+    # An hf-hub repository carries its own weights (--pretrained is ignored): only its folder can stand in.
+    with pytest.raises(BackboneError) as info:
+        load_clip("hf-hub:someone/clip-tiny", None, cache_dir=str(tmp_path / "hf"))
+    message = str(info.value)
+    assert "cannot be reached" in message and "Download hf-hub:someone/clip-tiny" in message
+    assert "--backbone local-dir:" in message and "--pretrained" not in message
     assert default_pretrained("ViT-B-32") == "laion2b_s34b_b79k"
     assert default_pretrained(TINY) is None
 

@@ -249,9 +249,15 @@ def _require_network(backbone: str, tag: str | None) -> None:
 
 
 def _offline_hint(backbone: str, tag: str | None) -> str:
-    return ("Download the open_clip checkpoint on a connected machine (it is cached under "
-            "~/.cache/huggingface) or copy the file here and pass it as --pretrained /path/to/"
-            "open_clip_pytorch_model.bin (or --backbone local-dir:/path/to/folder).")
+    """How to get the weights without a network: an open_clip `tag` can be passed as a file;
+    an hf-hub repository (no tag) carries its own weights, so only its folder can stand in."""
+    if tag:
+        return (f"Download the {backbone} {tag!r} checkpoint on a connected machine (it is cached under "
+                "~/.cache/huggingface) or copy the file here and pass it as --pretrained /path/to/"
+                "open_clip_pytorch_model.bin (or --backbone local-dir:/path/to/folder).")
+    return (f"Download {backbone} on a connected machine (it is cached under ~/.cache/huggingface) or copy "
+            "its folder (open_clip_config.json and the weights) here and pass it as "
+            "--backbone local-dir:/path/to/folder.")
 
 
 def _load_weights(model: open_clip.CLIP, checkpoint: str, backbone: str) -> None:
