@@ -22,7 +22,7 @@ import datetime
 
 import torch
 
-from train.backbone import LoadedClip
+from train.backbone import LoadedClip, token_tower
 from train.model import ExportParts, default_topk
 from train.prompts import NULL_PROMPT, encode_text, prompt_text
 
@@ -34,8 +34,7 @@ ZERO_SHOT_ALPHA = 1.0
 def zero_shot_parts(clip: LoadedClip, labels: list[str], alpha: float = ZERO_SHOT_ALPHA,
                     topk: int | None = None) -> ExportParts:
     """ExportParts for plain CLIP: the student is CLIP's own visual tower, prompts are hand-crafted."""
-    visual = clip.model.visual.eval()
-    visual.output_tokens = True
+    visual = token_tower(clip.model.visual.eval())
     P_H = encode_text(clip.model, clip.tokenizer, [prompt_text(tag) for tag in labels])
     P_null = encode_text(clip.model, clip.tokenizer, [NULL_PROMPT])
     direction = (P_H - P_null).cpu()

@@ -9,7 +9,7 @@ pytest.importorskip("open_clip")
 
 import torch.nn.functional as F  # noqa: E402
 
-from train.backbone import load_clip  # noqa: E402
+from train.backbone import load_clip, token_tower  # noqa: E402
 from train.model import HPDVAL, HPDVALConfig, dual_view_logits, encode_image, normalize_scores, score_images  # noqa: E402
 from train.prompts import prompt_text  # noqa: E402
 
@@ -49,8 +49,7 @@ def test_changed_context_changes_the_prompts(clip):
 
 
 def test_projected_patch_tokens_and_topk_pooling_by_hand(clip):
-    visual = clip.model.visual
-    visual.output_tokens = True
+    visual = token_tower(clip.model.visual)
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         f_cls, f_patch, pooled = encode_image(visual, pixels)

@@ -69,6 +69,14 @@ def load_clip(backbone: str, pretrained: str | None, device: str | torch.device 
     )
 
 
+def token_tower(visual: torch.nn.Module) -> torch.nn.Module:
+    """`visual` (a CLIP visual tower) set to return (pooled, patch tokens) instead of pooled alone:
+    HP-DVAL's local branch scores the patch tokens (train.model.encode_image reads both). Returned
+    for chaining; the setting lives on the module, so every holder of the tower sees it."""
+    visual.output_tokens = True
+    return visual
+
+
 def build_clip(config: dict, name: str = "<config>") -> open_clip.CLIP:
     """A randomly initialised CLIP from an open_clip model_cfg (the architecture, no weights)."""
     cfg = deepcopy(config)
