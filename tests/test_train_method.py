@@ -228,3 +228,37 @@ def test_cli_choices_are_the_trainers():
     from train.q2l import HEADS
 
     assert LOSS_CHOICES == LOSSES and SCORE_NORM_CHOICES == SCORE_NORMS and HEAD_CHOICES == HEADS
+
+
+def test_stage1_augments_each_batch_with_its_own_draws(checkpoint, tmp_path):
+    # Catches: augmentation switched off (or its draws not taken from the epoch's generator). With the
+    # learning rate at 0 the model never moves, so the loss differs between two draws only if the
+    # pixels do; --no-augment gives the same loss whatever the generator.
+    images = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(4))
+    targets = torch.tensor([[1., 0., 0.], [0., 1., 1.], [1., 1., 0.], [0., 0., 1.]])
+
+    def losses(**cfg):
+        trainer = _trainer(checkpoint, tmp_path, **cfg)
+        optimizer = torch.optim.SGD(trainer.model.set_stage(1), lr=0.0)
+        return [trainer.stage1_step(images, targets, torch.Generator().manual_seed(seed), optimizer, use_kd=True)
+                for seed in (5, 6, 5)]
+
+    first, other, again = losses()
+    assert first != other and first == again
+    first, other, _ = losses(augment=False)
+    assert first == other
+
+
+@pytest.mark.slow
+def test_ema_student_is_averaged_over_the_steps_and_is_the_one_kept(synthetic, checkpoint, tmp_path):
+    # Catches: the EMA shadow never updated (it would still hold the starting tower) and the saved
+    # student not being the averaged one.
+    out = tmp_path / "run"
+    _train(synthetic, out, "--pretrained", checkpoint, "--stages", "1", "--epochs", 1, "--ema", "0.5")
+    start = {k: v for k, v in torch.load(checkpoint).items() if k.startswith("visual.")}
+    payload = load_checkpoint(out / "last.pt")
+    shadow = payload["ema"]
+    moved = [k for k, v in shadow.items() if not torch.equal(v, start[f"visual.{k}"])]
+    assert "proj" in moved and len(moved) > len(shadow) // 2
+    saved = payload["model"]
+    assert all(torch.equal(saved[f"student.{k}"], v) for k, v in shadow.items())
