@@ -12,7 +12,8 @@ import numpy as np
 from export.graph import ScoringGraph
 from export.onnx_export import ExportError, attach_metadata, export_graph, model_bytes
 from export.parity import FP32_TOLERANCE, Parity, check_parity, onnx_scores, onnx_session, torch_scores
-from export.quantize import MIN_AGREEMENT, Agreement, convert_fp16, decision_agreement, quantize_int8
+from export.quantize import Agreement, convert_fp16, decision_agreement, quantize_int8
+from tagger.modelfile import MIN_AGREEMENT
 from train.model import ExportParts
 
 VARIANTS = ("fp32", "int8", "fp16")

@@ -25,9 +25,6 @@ from export.onnx_export import ExportError
 from tagger.modelfile import INPUT_NAME
 
 INT8_METHODS = ("dynamic", "static")
-# The fraction of (image, tag) decisions an int8 model must share with fp32; the runtime uses the same
-# figure to decide whether a stored int8 variant may be its CPU default.
-from tagger.modelfile import MIN_AGREEMENT  # noqa: E402
 # Ops whose weights carry almost all the compute in a ViT; quantizing Conv too (the patch embedding,
 # one small op) costs agreement for no speed.
 INT8_OPS = ["MatMul", "Gemm"]

@@ -262,3 +262,14 @@ def test_ema_student_is_averaged_over_the_steps_and_is_the_one_kept(synthetic, c
     assert "proj" in moved and len(moved) > len(shadow) // 2
     saved = payload["model"]
     assert all(torch.equal(saved[f"student.{k}"], v) for k, v in shadow.items())
+
+
+def test_pretrained_lr_scales_the_papers_rate_by_width_squared_within_bounds():
+    # Catches: the rate not scaled by (768 / width)², or left unbounded for very narrow or wide towers.
+    from train.config import pretrained_lr
+
+    assert pretrained_lr(768) == pytest.approx(1e-5)
+    assert pretrained_lr(1024) == pytest.approx(1e-5 * (768 / 1024) ** 2)
+    assert pretrained_lr(64) == pytest.approx(1.44e-3)
+    assert pretrained_lr(8) == 3e-3 and pretrained_lr(0) == 3e-3
+    assert pretrained_lr(100_000) == 1e-6
