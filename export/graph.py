@@ -10,6 +10,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from train.backbone import token_tower
 from train.model import ExportParts, score_images
 
 
@@ -18,8 +19,7 @@ class ScoringGraph(nn.Module):
 
     def __init__(self, parts: ExportParts):
         super().__init__()
-        self.visual = parts.visual.eval()
-        self.visual.output_tokens = True
+        self.visual = token_tower(parts.visual.eval())
         self.register_buffer("P_G", parts.P_G.detach().float().clone())
         self.register_buffer("P_L", parts.P_L.detach().float().clone())
         self.register_buffer("class_bias", parts.class_bias.detach().float().clone())

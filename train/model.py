@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.backbone import LoadedClip
+from train.backbone import LoadedClip, token_tower
 from train.prompts import CTX_INIT, NULL_PROMPT, PromptLearner, TextEncoder, encode_prompts, encode_text
 from train.q2l import HEADS, Q2LHead
 
@@ -129,8 +129,7 @@ class HPDVAL(nn.Module):
         self.mean, self.std = tuple(clip.mean), tuple(clip.std)
         self.image_size = clip.preprocess.size
 
-        self.student = clip.model.visual
-        self.student.output_tokens = True
+        self.student = token_tower(clip.model.visual)
         # The teacher only serves L_kd in stage 1; a loaded run (inference, export) has none.
         self.teacher = copy.deepcopy(self.student).requires_grad_(False).eval() if teacher else None
         self.text = TextEncoder(clip.model).requires_grad_(False)
