@@ -87,3 +87,21 @@ def test_tagging_writes_the_parent_of_a_tagged_child(tmp_path):
     assert doc["scores"]["Colour"] < 0.99  # its own score did not choose it: its child did
     xmp = (tmp_path / "red.jpg.xmp").read_text()
     assert "Colour|red" in xmp and "<rdf:li>Colour</rdf:li>" in xmp
+
+
+def test_precision_and_recall_count_the_tags_tagging_writes():
+    from train.metrics import precision_recall
+
+    labels = ["Animals", "Animals|Dog", "Cat"]
+    scores = np.array([[0.1, 0.9, 0.2], [0.6, 0.2, 0.7], [0.2, 0.3, 0.1], [0.1, 0.8, 0.9]])
+    targets = np.array([[1, 1, 0], [0, 0, 1], [1, 0, 0], [1, 1, 0]])
+    thresholds = [0.5, 0.5, 0.5]
+    precision, recall = precision_recall(scores, targets, thresholds, labels)
+    # Animals: photos 0 and 3 brought by their dog, photo 1 by its own score: 2 of 3 right, 2 of 3 found.
+    assert precision[0] == pytest.approx(100 * 2 / 3, abs=1e-3) and recall[0] == pytest.approx(100 * 2 / 3, abs=1e-3)
+    assert precision[1] == 100.0 and recall[1] == 100.0
+    assert precision[2] == 50.0 and recall[2] == 100.0  # photo 3 is no cat
+    blind, _ = precision_recall(scores, targets, thresholds)
+    assert blind[0] == 0.0  # without the tree, only photo 1 (a false alarm) is tagged Animals
+    nothing, none_found = precision_recall(np.zeros((2, 1)), np.zeros((2, 1)), [0.5])
+    assert nothing == [None] and none_found == [None]  # undefined, not 0

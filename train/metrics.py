@@ -109,9 +109,7 @@ def f1_summary(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, 
                ) -> dict:
     """Per-tag, macro and micro F1 (percent) when each tag is cut at its threshold (and, with the
     labels, chosen children bring their parents, as `tagger tag` decides)."""
-    predicted = scores >= thresholds[None, :]
-    if labels is not None:
-        predicted = close_upward(predicted, labels)
+    predicted = predictions(scores, thresholds, labels)
     y = targets.astype(bool)
     tp = (predicted & y).sum(axis=0)
     fp = (predicted & ~y).sum(axis=0)
