@@ -37,6 +37,20 @@ def timed(fn, batch: np.ndarray, seconds: float) -> tuple[int, float]:
     return images, time.perf_counter() - start
 
 
+def interleaved_rates(runners: dict, batch: np.ndarray, seconds: float, rounds: int = 4) -> dict:
+    """Images/s of each runner on `batch`, after one warm-up call each, timed in interleaved rounds
+    so that a neighbour's load hits every runner alike."""
+    for fn in runners.values():  # warm-up: first calls allocate
+        fn(batch)
+    totals = {name: [0, 0.0] for name in runners}
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            n, s = timed(fn, batch, seconds / rounds)
+            totals[name][0] += n
+            totals[name][1] += s
+    return {name: n / s for name, (n, s) in totals.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="ViT-B-32")
@@ -82,17 +96,7 @@ def main() -> None:
     for key, result in variants.items():
         session = onnx_session(result.data, threads)
         runners[f"onnxruntime {key}"] = (lambda s: lambda x: s.run([OUTPUT_NAME], {INPUT_NAME: x}))(session)
-    for fn in runners.values():  # warm-up: first calls allocate
-        fn(batch)
-
-    totals = {name: [0, 0.0] for name in runners}
-    rounds = 4
-    for _ in range(rounds):
-        for name, fn in runners.items():
-            n, s = timed(fn, batch, args.seconds / rounds)
-            totals[name][0] += n
-            totals[name][1] += s
-    rates = {name: n / s for name, (n, s) in totals.items()}
+    rates = interleaved_rates(runners, batch, args.seconds)
     sizes = {f"onnxruntime {k}": len(v.data) / 1e6 for k, v in variants.items()}
 
     print(f"\n{'variant':<28}{'images/s':>10}{'file MB':>10}")

@@ -15,7 +15,7 @@ import argparse
 import numpy as np
 import torch
 
-from bench.export_speed import timed
+from bench.export_speed import interleaved_rates
 from export.build import ExportSettings, build_model_file
 from export.check_images import probe_images
 from export.parity import onnx_session
@@ -59,16 +59,7 @@ def main() -> None:
             sizes[(head, variant)] = len(result.data) / 1e6
 
     batch = np.ascontiguousarray(np.resize(images, (args.batch_size, *images.shape[1:])))
-    for fn in runners.values():  # warm-up: first calls allocate
-        fn(batch)
-    totals = {key: [0, 0.0] for key in runners}
-    rounds = 4
-    for _ in range(rounds):
-        for key, fn in runners.items():
-            n, s = timed(fn, batch, args.seconds / rounds)
-            totals[key][0] += n
-            totals[key][1] += s
-    rates = {key: n / s for key, (n, s) in totals.items()}
+    rates = interleaved_rates(runners, batch, args.seconds)
 
     print(f"{args.backbone} (random weights), {args.tags} tags, batch {args.batch_size}, {threads} threads, {cpu_name()}")
     print(f"\n{'graph':<24}{'images/s':>10}{'file MB':>10}")
