@@ -41,10 +41,12 @@ def descendants(labels: Sequence[str]) -> list[list[int]]:
     return out
 
 
-def close_upward(chosen: np.ndarray, labels: Sequence[str]) -> np.ndarray:
-    """Boolean decisions [..., C] with every chosen tag's vocabulary ancestors chosen too."""
+def close_upward(chosen: np.ndarray, parents: Sequence[Sequence[int]]) -> np.ndarray:
+    """Boolean decisions [..., C] with every chosen tag's vocabulary ancestors (`ancestors(labels)`,
+    computed once by the caller) chosen too. Only tags chosen somewhere are visited: each is ORed into
+    all of its ancestors at once, so one pass closes the tree."""
     closed = np.array(chosen, dtype=bool, copy=True)
-    for child, above in enumerate(ancestors(labels)):
-        if above:
-            closed[..., above] |= closed[..., child:child + 1]
+    for child in np.flatnonzero(closed.reshape(-1, closed.shape[-1]).any(axis=0)):
+        if parents[child]:
+            closed[..., list(parents[child])] |= closed[..., child:child + 1]
     return closed

@@ -13,7 +13,7 @@ from tagger.decisions import rejected_tags, rejection_pending
 from tagger.discover import iter_photos
 from tagger.errors import TaggerError, WriteError, describe
 from tagger.exiftool import ExifToolMissing
-from tagger.hierarchy import ancestors
+from tagger.hierarchy import ancestors, close_upward
 from tagger.locking import photo_lock
 from tagger.modelfile import TaggerModel
 from tagger.pipeline import run_model
@@ -46,10 +46,10 @@ class Decision:
         if self.top_k is not None:
             chosen = chosen[: self.top_k]
         if self.parents:  # a kept child keeps its parents, past --top-k too: the tree holds
-            kept = dict.fromkeys(int(i) for i in chosen)
-            for i in chosen:
-                kept.update(dict.fromkeys(self.parents[i]))
-            chosen = list(kept)
+            kept = np.zeros(len(scores), dtype=bool)
+            kept[chosen] = True
+            brought = np.flatnonzero(close_upward(kept, self.parents) & ~kept)
+            chosen = np.r_[chosen, brought[np.argsort(-scores[brought], kind="stable")]]
         return [(self.labels[i], float(scores[i])) for i in chosen]
 
 

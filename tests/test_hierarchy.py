@@ -29,7 +29,7 @@ def test_ancestors_are_the_vocabulary_tags_above_each_tag():
 def test_closing_upward_adds_every_ancestor_and_nothing_else():
     chosen = np.array([[False, False, True, False, True, False],
                        [False, False, False, True, False, False]])
-    assert close_upward(chosen, VOCAB).tolist() == [[True, True, True, False, True, True],
+    assert close_upward(chosen, ancestors(VOCAB)).tolist() == [[True, True, True, False, True, True],
                                                     [False, False, False, True, False, False]]
 
 

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from tagger.hierarchy import close_upward, descendants
+from tagger.hierarchy import ancestors, close_upward, descendants
 from tagger.labels import HIERARCHY_SEP
 
 HEAD_MIN = 100  # training positives for a head tag (DESIGN.md §5)
@@ -140,4 +140,4 @@ def precision_recall(scores: np.ndarray, targets: np.ndarray, thresholds, labels
 def predictions(scores: np.ndarray, thresholds, labels: list[str] | None = None) -> np.ndarray:
     """bool [N, C]: the tags `tagger tag` would write for each photo."""
     predicted = scores >= np.asarray(thresholds)[None, :]
-    return close_upward(predicted, labels) if labels is not None else predicted
+    return close_upward(predicted, ancestors(labels)) if labels is not None else predicted
