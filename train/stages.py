@@ -201,8 +201,7 @@ class Trainer:
         if cfg.train_blocks > 0:
             params = self._last_blocks_only(cfg.train_blocks)
         head = [] if model.head is None else list(model.head.parameters())
-        optimizer = make_optimizer(params + [p for p in head if all(p is not q for q in params)], cfg.lr,
-                                   cfg.weight_decay, {id(p): cfg.head_lr for p in head})
+        optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay, {id(p): cfg.head_lr for p in head})
         total_steps = cfg.epochs * steps_per_epoch(len(self.data.train_idx), cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
         ema = EMA(model.student, cfg.ema) if cfg.ema > 0 else None
@@ -283,7 +282,8 @@ class Trainer:
         keep = [*blocks[max(0, len(blocks) - n):].parameters(), *student.ln_post.parameters(), student.proj]
         for p in keep:
             p.requires_grad_(True)
-        return [*keep, self.model.logit_scale, self.model.tag_bias]
+        head = [] if self.model.head is None else list(self.model.head.parameters())  # still trainable
+        return [*keep, self.model.logit_scale, self.model.tag_bias, *head]
 
     @torch.no_grad()
     def wise_ft(self) -> None:
