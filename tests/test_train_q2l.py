@@ -102,6 +102,29 @@ def test_int8_keeps_every_node_from_the_tower_projection_on_in_fp32():
     assert len(keep) > 4 and first_projection > 0
 
 
+def test_the_queries_self_attention_is_paid_once_not_per_photo(tmp_path):
+    """Tagging cost: the first layer's self-attention reads only weights, so it runs on one copy of the
+    queries, and ONNX Runtime folds it (and the cross-attention's query projection) into constants."""
+    import onnx
+    import onnxruntime as ort
+
+    model = trained_head(model_with("q2l"))
+    seen = []
+    model.head.layers[0].self_attn.register_forward_hook(lambda module, args, out: seen.append(out.shape[0]))
+    with torch.no_grad():
+        batched = score_images(model.export_parts(), torch.from_numpy(images(4, model.image_size)))
+    assert seen == [1] and batched.shape == (4, len(LABELS))
+
+    proto = export_graph(ScoringGraph(model.export_parts()), model.image_size)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "folded.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    products = lambda p: sum(n.op_type in ("MatMul", "Gemm") for n in p.graph.node)
+    # q, k, v, q·kᵀ, weights·v and out of the self-attention, and the cross-attention's q projection.
+    assert products(proto) - products(onnx.load(str(tmp_path / "folded.onnx"))) >= 7
+
+
 @pytest.mark.slow
 def test_a_q2l_run_beats_its_untrained_start_and_exports(tmp_path):
     import json

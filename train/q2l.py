@@ -35,15 +35,16 @@ class Attention(nn.Module):
         self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        b, n_q, d = x.shape
-        h, d_h = self.heads, d // self.heads
+        """x and memory may differ in batch size where one of them is 1 (broadcast)."""
+        h, d_h = self.heads, x.shape[-1] // self.heads
 
         def split(t: torch.Tensor) -> torch.Tensor:  # [B, T, D] -> [B, H, T, D/H]
-            return t.reshape(b, t.shape[1], h, d_h).transpose(1, 2)
+            return t.reshape(t.shape[0], t.shape[1], h, d_h).transpose(1, 2)
 
         q, k, v = split(self.q(x)), split(self.k(memory)), split(self.v(memory))
         weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d_h), dim=-1)
-        return self.out((weights @ v).transpose(1, 2).reshape(b, n_q, d))
+        mixed = (weights @ v).transpose(1, 2)
+        return self.out(mixed.reshape(mixed.shape[0], mixed.shape[1], h * d_h))
 
 
 class DecoderLayer(nn.Module):
@@ -77,7 +78,10 @@ class Q2LHead(nn.Module):
     def forward(self, f_cls: torch.Tensor, f_patch: torch.Tensor) -> torch.Tensor:
         """f_cls [B, D] and f_patch [B, N, D], L2-normalised (`train.model.encode_image`)."""
         memory = torch.cat([f_cls.unsqueeze(1), f_patch], dim=1)
-        x = self.queries.to(memory.dtype).unsqueeze(0).expand(memory.shape[0], -1, -1)
+        # One copy of the queries [1, C, D], not one per photo: the first layer's self-attention then
+        # reads only weights, so ONNX Runtime folds it into a constant at load time and a photo pays for
+        # the cross-attention and the MLP alone; the batch dimension appears when the photo's tokens do.
+        x = self.queries.to(memory.dtype).unsqueeze(0)
         for layer in self.layers:
             x = layer(x, memory)
         return (self.norm(x) * self.classifier.to(x.dtype)).sum(dim=-1)
