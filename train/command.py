@@ -92,8 +92,8 @@ def _parse_stages(ctx, param, value: str | None) -> tuple[int, ...] | None:
               help="Weight of the global (CLS) view against the local (patch) view [default: 1; the paper's 0.4 "
                    "lost on the benchmark].")
 @click.option("--head", type=click.Choice(HEAD_CHOICES), default=None,
-              help="dual-view: tag prompts against the photo [default]; q2l: + a Query2Label head over the "
-                   "photo's patches, started at zero-shot (docs/training.md).")
+              help="q2l: the tag prompts against the photo plus a Query2Label head over its patches, started "
+                   "at zero-shot [default]; dual-view: the tag prompts alone (docs/training.md).")
 @click.option("--head-lr", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Stage 1 rate of the q2l head [default: 1e-3].")
 @click.option("--topk", type=click.IntRange(min=1), default=None,

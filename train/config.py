@@ -58,7 +58,7 @@ class TrainConfig:
     seed: int = 0
     loss: str = "bce"  # one of train.losses.LOSSES
     score_norm: str = "center"  # per-photo normalisation of the scores: center | l2 | none (train.model)
-    head: str = "dual-view"  # "q2l": + a Query2Label head's residual logit (train.q2l), trained in stage 1
+    head: str = "q2l"  # + a Query2Label head's residual logit (train.q2l), trained in stage 1; "dual-view": none
     head_lr: float = 1e-3  # AdamW rate of the q2l head (a new module: it starts from zero, not from CLIP)
     alpha: float = 1.0  # global-view weight (paper 0.4; the local view lost on both benchmark tasks)
     topk: int | None = None  # local-view pooled patches; None: 16% of the patches
