@@ -166,10 +166,10 @@ def test_selection_returns_the_untrained_model_when_training_only_hurts(syntheti
     assert not trainer._consider(1, 2, {"mAP": 50.0}, {"w": torch.ones(1)})  # a tie keeps the untrained model
     assert load_checkpoint(tmp_path / "unit" / "best.pt")["stage"] == 0
 
-    # End to end: a rate too small to change any ranking; the run hands over the untrained tower itself.
+    # End to end: rates too small to change any ranking; the run hands over the untrained tower itself.
     out = tmp_path / "run"
     result = _train(synthetic, out, "--pretrained", checkpoint, "--stages", "1", "--epochs", 2, "--lr", "1e-12",
-                    "--no-wise-ft")
+                    "--head-lr", "1e-12", "--no-wise-ft")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["best"] == {"stage": 0, "epoch": 0}
     assert metrics["val"]["mAP"] == pytest.approx(metrics["before_training"]["mAP"])
