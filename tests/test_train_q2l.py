@@ -10,7 +10,7 @@ import torch
 from export.build import ExportSettings, build_model_file
 from export.graph import ScoringGraph
 from export.onnx_export import export_graph
-from export.quantize import scoring_head_nodes
+from export.quantize import head_linear_nodes, scoring_head_nodes
 from tagger.modelfile import TaggerModel, build_metadata
 from train.backbone import load_clip
 from train.model import HPDVAL, HPDVALConfig, encode_image, normalize_pixels, score_images
@@ -91,15 +91,19 @@ def test_q2l_exports_with_parity_and_int8_keeps_the_head_in_fp32(variant, tmp_pa
         assert result.agreement is not None and result.agreement.decisions >= 0.9
 
 
-def test_int8_keeps_every_node_from_the_tower_projection_on_in_fp32():
+def test_int8_keeps_the_scoring_products_in_fp32_and_quantizes_the_heads_linears():
     model = trained_head(model_with("q2l"))
     proto = export_graph(ScoringGraph(model.export_parts()), model.image_size)
     keep = set(scoring_head_nodes(proto))
+    head = head_linear_nodes(proto)
     matmuls = [n for n in proto.graph.node if n.op_type in ("MatMul", "Gemm")]
     first_projection = next(i for i, n in enumerate(matmuls) if "visual.proj" in n.input)
-    assert keep == {n.name for n in matmuls[first_projection:]}
-    # The head's attention products are among them: more than the dual view's four products.
-    assert len(keep) > 4 and first_projection > 0
+    after = {n.name for n in matmuls[first_projection:]}
+    # One layer: q, k, v and out of each attention, two MLP linears; all after the projection.
+    assert len(head) == 10 and head <= after and first_projection > 0
+    # fp32: the two projections, the two tag-score products, and the four attention products.
+    assert keep == after - head and len(keep) == 8
+    assert not head_linear_nodes(export_graph(ScoringGraph(model_with("dual-view").export_parts()), model.image_size))
 
 
 def test_the_queries_self_attention_is_paid_once_not_per_photo(tmp_path):
