@@ -11,7 +11,7 @@ pytest.importorskip("open_clip")
 
 from tagger.cli import cli  # noqa: E402
 from train.backbone import BackboneError, default_pretrained, load_clip  # noqa: E402
-from train.model import HPDVAL  # noqa: E402
+from train.model import HPDVAL, HPDVALConfig  # noqa: E402
 from train.runs import load_checkpoint  # noqa: E402
 from train.synthetic import generate_dataset  # noqa: E402
 
@@ -102,7 +102,14 @@ def _train(synthetic, out, *args):
 
 def _initial_state(synthetic, run_dir, checkpoint) -> dict:
     labels = json.loads((run_dir / "dataset.json").read_text())["labels"]
-    return HPDVAL(load_clip(TINY, str(checkpoint)), labels, teacher=False).inference_state_dict()
+    head = json.loads((run_dir / "config.json").read_text())["model"]["head"]
+    return HPDVAL(load_clip(TINY, str(checkpoint)), labels, teacher=False,
+                  config=HPDVALConfig(head=head)).inference_state_dict()
+
+
+def _random_init(key: str) -> bool:
+    """The q2l head's linear layers start random: unequal between two builds without any training."""
+    return key.startswith("head.layers.") and ".norm" not in key
 
 
 def test_stage1_moves_only_the_student(synthetic, checkpoint, tmp_path):
@@ -116,7 +123,9 @@ def test_stage1_moves_only_the_student(synthetic, checkpoint, tmp_path):
     changed = {k for k in before if k != "class_bias" and not torch.equal(before[k], after[k])}
     student = {k for k in before if k.startswith("student.")}
     assert "student.proj" in changed and "student.conv1.weight" in changed
-    assert changed <= student | {"logit_scale", "tag_bias"}
+    head = {k for k in before if k.startswith("head.")}  # the default q2l head trains with the tower
+    assert head and "head.classifier" in changed
+    assert changed <= student | head | {"logit_scale", "tag_bias"}
     assert len(changed & student) >= len(student) - 2  # every trained tensor moved (a few may be zero-grad)
     assert not torch.equal(before["logit_scale"], after["logit_scale"])
 
@@ -129,5 +138,7 @@ def test_stage2_moves_only_the_two_contexts(synthetic, checkpoint, tmp_path):
     assert "computing the frozen student's features once" in result.output
     before = _initial_state(synthetic, tmp_path / "run", checkpoint)
     after = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
-    changed = {k for k in before if k != "class_bias" and not torch.equal(before[k], after[k])}
+    changed = {k for k in before
+               if k != "class_bias" and not _random_init(k) and not torch.equal(before[k], after[k])}
+    assert "head.classifier" in before and "head.queries" in before  # the default head, frozen in stage 2
     assert changed == {"prompts.ctx_global", "prompts.ctx_local", "tag_bias"}
