@@ -1,0 +1,51 @@
+"""Test F1 at each run's calibrated thresholds: what `tagger tag` writes, which test mAP does not see.
+
+    python -m bench.quality.f1_at_thresholds [--methods default,dual_view,plain_ft]
+
+Reads the run folders the last full `bench.quality.run_all` left in its result cache (long-tailed
+setting, every seed of both tasks), scores the test photos with each run's exported graph, cuts each
+tag at the threshold the run calibrated on its validation split (children bring their vocabulary
+parents, as tagging does) and prints macro and micro F1 and macro precision and recall, mean ± sd
+over seeds, as a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from bench.quality import pretrain_vlm
+from bench.quality.methods import scores_of_run
+from bench.quality.run_all import Plan, load_test_pixels
+from train import runs
+from train.metrics import f1_summary, precision_recall
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="default,dual_view,plain_ft")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    plan = Plan.full()
+    results = pretrain_vlm.CACHE_ROOT / f"results-{plan.vlm.key()}"  # run_all's result cache
+    print("| task | method | F1 macro | F1 micro | precision (macro) | recall (macro) |")
+    print("|---|---|---|---|---|---|")
+    for spec in plan.tasks:
+        task = spec.build(pretrain_vlm.CACHE_ROOT / f"task-{spec.config.key()}")
+        for method in args.methods.split(","):
+            rows = []
+            for seed in plan.seeds:
+                run_dir = results / spec.name / "long-tailed" / method / f"seed-{seed}" / "run"
+                run = runs.load_run(run_dir)
+                scores = scores_of_run(run_dir, load_test_pixels(task, run.preprocess, results / spec.name))
+                f1 = f1_summary(scores, task.test.targets, np.asarray(run.thresholds), run.labels)
+                precision, recall = precision_recall(scores, task.test.targets, run.thresholds, run.labels)
+                rows.append((f1["f1_macro"], f1["f1_micro"], np.mean([p for p in precision if p is not None]),
+                             np.mean([r for r in recall if r is not None])))
+            cells = [f"{np.mean(c):.1f} ± {np.std(c):.1f}" for c in zip(*rows)]
+            print(f"| {spec.name} | {method} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
