@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bench.quality import hier_task, pretrain_vlm, run_all, tasks
+from bench.quality.f1_at_thresholds import f1_table
 from bench.quality.methods import Schedule
 from train.runs import load_run
 
@@ -56,6 +57,15 @@ def test_default_run_is_a_run_folder_export_can_load(toy_run):
     run_dir = next((root / "cache").glob("results-*/hier/long-tailed/default/seed-0/run"))
     run = load_run(run_dir)
     assert "ball" in run.labels and "ball|red ball" in run.labels and len(run.thresholds) == 45
+
+
+def test_f1_at_thresholds_reads_every_seed_of_the_cached_runs(toy_run):
+    root, _, _ = toy_run
+    lines = f1_table(toy_plan(), root / "cache", ["default"])
+    assert [line.split(" | ")[:2] for line in lines[2:]] == [["| objects", "default"], ["| hier", "default"]]
+    for line in lines[2:]:
+        cells = [float(c.split(" ± ")[0]) for c in line.strip(" |").split(" | ")[2:]]
+        assert len(cells) == 4 and all(0 <= c <= 100 for c in cells)
 
 
 def test_report_states_targets_tables_and_command(toy_run):

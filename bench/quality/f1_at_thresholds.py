@@ -11,6 +11,7 @@ over seeds, as a Markdown table.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,18 +23,13 @@ from train import runs
 from train.metrics import f1_summary, precision_recall
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="default,dual_view,plain_ft")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    plan = Plan.full()
-    results = pretrain_vlm.CACHE_ROOT / f"results-{plan.vlm.key()}"  # run_all's result cache
-    print("| task | method | F1 macro | F1 micro | precision (macro) | recall (macro) |")
-    print("|---|---|---|---|---|---|")
+def f1_table(plan: Plan, cache_root: Path, methods: list[str]) -> list[str]:
+    """Markdown rows: per task and method, mean ± sd over the plan's seeds of the long-tailed runs."""
+    results = cache_root / f"results-{plan.vlm.key()}{'-quick' if plan.quick else ''}"  # run_all's cache
+    lines = ["| task | method | F1 macro | F1 micro | precision (macro) | recall (macro) |", "|---|---|---|---|---|---|"]
     for spec in plan.tasks:
-        task = spec.build(pretrain_vlm.CACHE_ROOT / f"task-{spec.config.key()}")
-        for method in args.methods.split(","):
+        task = spec.build(cache_root / f"task-{spec.config.key()}")
+        for method in methods:
             rows = []
             for seed in plan.seeds:
                 run_dir = results / spec.name / "long-tailed" / method / f"seed-{seed}" / "run"
@@ -44,7 +40,16 @@ def main() -> None:
                 rows.append((f1["f1_macro"], f1["f1_micro"], np.mean([p for p in precision if p is not None]),
                              np.mean([r for r in recall if r is not None])))
             cells = [f"{np.mean(c):.1f} ± {np.std(c):.1f}" for c in zip(*rows)]
-            print(f"| {spec.name} | {method} | " + " | ".join(cells) + " |", flush=True)
+            lines.append(f"| {spec.name} | {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default="default,dual_view,plain_ft")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    print("\n".join(f1_table(Plan.full(), pretrain_vlm.CACHE_ROOT, args.methods.split(","))))
 
 
 if __name__ == "__main__":
