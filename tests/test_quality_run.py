@@ -65,7 +65,7 @@ def test_f1_at_thresholds_reads_every_seed_of_the_cached_runs(toy_run):
     assert [line.split(" | ")[:2] for line in lines[2:]] == [["| objects", "default"], ["| hier", "default"]]
     for line in lines[2:]:
         cells = [float(c.split(" ± ")[0]) for c in line.strip(" |").split(" | ")[2:]]
-        assert len(cells) == 4 and all(0 <= c <= 100 for c in cells)
+        assert len(cells) == 5 and all(0 <= c <= 100 for c in cells)
 
 
 def test_report_states_targets_tables_and_command(toy_run):
