@@ -115,8 +115,8 @@ def scoring_head_nodes(proto: onnx.ModelProto) -> list[str]:
     order, so everything that reads the projected tokens comes after the first product with `visual.proj`.)
 
     A q2l head's linears (its attention projections and MLP) are quantized like the tower's: in fp32 they
-    held int8 tagging on ViT-B-32 at 100 tags to 0.89x the dual view's speed (loaded machine; 0.94x quantized, idle,
-    bench/head_speed.py), and quantizing them moved tag decisions no more than the tower does (99.85% vs
+    held int8 tagging on ViT-B-32 at 100 tags to 0.89x the dual view's speed (loaded machine; 0.94x
+    quantized, idle, bench/head_speed.py), and quantizing them moved tag decisions no more than the tower does (99.85% vs
     99.83% agreement with fp32 on a benchmark run; docs/training.md).
     """
     nodes = list(proto.graph.node)
