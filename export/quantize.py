@@ -116,8 +116,8 @@ def scoring_head_nodes(proto: onnx.ModelProto) -> list[str]:
 
     A q2l head's linears (its attention projections and MLP) are quantized like the tower's: in fp32 they
     held int8 tagging on ViT-B-32 at 100 tags to 0.89x the dual view's speed (loaded machine; 0.94x
-    quantized, idle, bench/head_speed.py), and quantizing them moved tag decisions no more than the tower does (99.85% vs
-    99.83% agreement with fp32 on a benchmark run; docs/training.md).
+    quantized, idle, bench/head_speed.py), and quantizing them moved tag decisions no more than the
+    tower does (99.85% vs 99.83% agreement with fp32 on a benchmark run; docs/training.md).
     """
     nodes = list(proto.graph.node)
     start = next((i for i, node in enumerate(nodes) if TOWER_PROJECTION in node.input), None)
