@@ -39,11 +39,11 @@ from tagger.writers import ModelRef, create_writer
 CHUNK = 2048  # paths per object-store block handed from discovery to Ray Data
 DECODE_BATCH = 16  # photos per decode task: enough to amortise a task, small enough to spread
 WRITE_BATCH = 64  # photos per write task (an embed writer starts one exiftool per task)
-CPU_ACTOR_THREADS = 4
+CPU_ACTOR_THREADS = 4  # ONNX Runtime threads of an inference actor on CPU nodes
 # What a decode task asks of a node's memory: a half-size demosaic of a 50 MP RAW file peaks near this.
 # The request also keeps Ray from fusing decoding into the inference actors (it fuses stages that ask
 # for the same resources), which would decode on the actors' cores only instead of on every core.
-DECODE_MEMORY = 256 * 2**20  # ONNX Runtime threads of an inference actor on CPU nodes
+DECODE_MEMORY = 256 * 2**20
 
 
 def missing_ray() -> TaggerError:

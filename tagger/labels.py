@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable
 from pathlib import Path
 
 from tagger.errors import LabelsError
@@ -36,23 +35,24 @@ def check_tags(tags: list, source: object) -> list[str]:
     (keyword readers compare keywords case-insensitively). Raises LabelsError."""
     seen: dict[str, object] = {}
     for tag in tags:
-        _admit(tag, seen, tag, source, "label ",
-               lambda first, tag=tag: f"labels {first!r} and {tag!r} differ only in case")
+        first = _admit(tag, seen, tag, source, "label ")
+        if first is not None:
+            raise LabelsError(source, f"labels {first!r} and {tag!r} differ only in case")
     return list(tags)
 
 
-def _admit(tag: str, seen: dict[str, object], mark: object, source: object, where: str,
-           clash: Callable[[object], str]) -> None:
-    """Records `tag` in `seen` (its casefolded form -> `mark`, e.g. its line) or raises LabelsError:
-    `where` + why it cannot be a keyword, or `clash(mark of the earlier tag)` when it equals an
-    earlier tag ignoring case (keyword readers compare case-insensitively: the two would be one)."""
+def _admit(tag: str, seen: dict[str, object], mark: object, source: object, where: str) -> object | None:
+    """Checks that `tag` can be a keyword (else raises LabelsError, `where` + why) and records it in
+    `seen` (casefolded -> `mark`, e.g. its line). Returns the mark of an earlier tag equal to it
+    ignoring case, without recording (keyword readers compare case-insensitively: the two would be one)."""
     problem = tag_problem(tag)
     if problem:
         raise LabelsError(source, f"{where}{problem}")
     key = tag.casefold()
     if key in seen:
-        raise LabelsError(source, clash(seen[key]))
+        return seen[key]
     seen[key] = mark
+    return None
 
 
 def parse_labels(text: str, source: str = "<labels>") -> list[str]:
@@ -67,9 +67,9 @@ def parse_labels(text: str, source: str = "<labels>") -> list[str]:
         if any(not level for level in levels):
             raise LabelsError(source, f"line {lineno}: empty tag level in {line!r}")
         tag = HIERARCHY_SEP.join(levels)
-        _admit(tag, seen, lineno, source, f"line {lineno}: ",
-               lambda first, lineno=lineno, tag=tag:
-               f"line {lineno}: duplicate tag {tag!r} (first on line {first})")
+        first = _admit(tag, seen, lineno, source, f"line {lineno}: ")
+        if first is not None:
+            raise LabelsError(source, f"line {lineno}: duplicate tag {tag!r} (first on line {first})")
         tags.append(tag)
     if not tags:
         raise LabelsError(source, "no tags in the labels file")

@@ -30,7 +30,7 @@ class Decision:
     labels: Sequence[str]
     thresholds: np.ndarray  # [C]
     top_k: int | None = None
-    parents: tuple[tuple[int, ...], ...] = ()  # per tag, its ancestors in the vocabulary; () for none
+    parents: tuple[tuple[int, ...], ...] = ()  # per tag, its ancestors in the vocabulary; () for a flat one
 
     @classmethod
     def for_model(cls, model: TaggerModel, threshold: float | None = None, top_k: int | None = None
@@ -38,7 +38,8 @@ class Decision:
         thresholds = np.asarray(model.info.thresholds, dtype=np.float32)
         if threshold is not None:
             thresholds = np.full_like(thresholds, threshold)
-        return cls(model.labels, thresholds, top_k, tuple(map(tuple, ancestors(model.labels))))
+        parents = tuple(map(tuple, ancestors(model.labels)))
+        return cls(model.labels, thresholds, top_k, parents if any(parents) else ())  # flat: nothing to close
 
     def tags(self, scores: np.ndarray) -> list[tuple[str, float]]:
         chosen = np.flatnonzero(scores >= self.thresholds)
