@@ -7,7 +7,9 @@ import torch
 
 from bench.quality import hier_task, pretrain_vlm, run_all, tasks
 from bench.quality.f1_at_thresholds import f1_table
+from bench.quality.methods import METHODS as METHODS_BY_NAME
 from bench.quality.methods import Schedule
+from bench.quality.report import ablation_lines
 from train.runs import load_run
 
 METHODS = ["zero_shot", "linear_probe", "default", "no_kd"]
@@ -106,3 +108,25 @@ def test_a_run_of_some_methods_adds_to_the_last_whole_run(toy_run, tmp_path):
     assert added["timing"] == last["timing"] and added["added"][-1]["methods"] == ["zero_shot"]
     text = (tmp_path / "quality.md").read_text()
     assert "--methods zero_shot --settings 1-shot` added 0 jobs" in text and "few-shot" in text
+
+
+def _result(method: str, seed: int, mAP: float) -> dict:
+    test = {"mAP": mAP, "mAP_head": mAP, "mAP_medium": mAP, "mAP_tail": mAP}
+    return {"task": "objects", "setting": "long-tailed", "method": method, "seed": seed, "test": test}
+
+
+def test_a_side_ablation_runs_on_the_first_seed_and_is_compared_with_that_seed_of_the_default(tmp_path):
+    side, part = METHODS_BY_NAME["kd_paper"], METHODS_BY_NAME["no_kd"]
+    assert side.seeds([0, 1, 2]) == [0] and part.seeds([0, 1, 2]) == [0, 1, 2]
+    # Results the method's older, all-seed runs left behind are dropped, not reported beside the new one.
+    folder = tmp_path / "kd_paper"
+    for seed in (0, 1, 2):
+        (folder / f"seed-{seed}").mkdir(parents=True)
+    run_all._drop_unplanned_seeds(folder, side.seeds([0, 1, 2]), [0, 1, 2])
+    assert sorted(p.name for p in folder.iterdir()) == ["seed-0"]
+    # Seed 0 of the default scores 40; its mean over three seeds is 50. The one-seed ablation at 41
+    # is better than the default's seed 0, not worse than its mean.
+    results = [_result("default", 0, 40.0), _result("default", 1, 55.0), _result("default", 2, 55.0),
+               _result("kd_paper", 0, 41.0)]
+    (line,) = ablation_lines(results, "objects", ("kd_paper",))
+    assert "(seed 0 only)" in line and "**better** (+1.0 mAP" in line

@@ -157,8 +157,9 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
         for setting in settings_for(task, plan):
             for name in methods_for(spec, setting.name, plan):
                 method = METHODS[name]
-                for seed in (plan.seeds if method.seeded else plan.seeds[:1]):
+                for seed in method.seeds(plan.seeds):
                     jobs.append((spec, setting, method, seed))
+                _drop_unplanned_seeds(results_dir / spec.name / setting.name / name, method.seeds(plan.seeds), plan.seeds)
     ran = 0
     log(f"{len(jobs)} runs on {', '.join(built)}; seeds {plan.seeds}; results in {results_dir}")
     for n, (spec, setting, method, seed) in enumerate(jobs, 1):
@@ -211,6 +212,13 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
     path = write_report(results_dir, report)
     log(f"wrote {path} ({wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU)")
     return summary | {"results_dir": str(results_dir)}
+
+
+def _drop_unplanned_seeds(folder: Path, runs_on: list[int], planned: list[int]) -> None:
+    """A method now run on fewer of the planned seeds than before must not report its older results
+    (made by other code) beside the new one."""
+    for seed in set(planned) - set(runs_on):
+        shutil.rmtree(folder / f"seed-{seed}", ignore_errors=True)
 
 
 def _added_to_previous(path: Path, summary: dict, plan: Plan) -> dict:
