@@ -245,6 +245,7 @@ def test_stage1_augments_each_batch_with_its_own_draws(checkpoint, tmp_path):
 
     first, other, again = losses()
     assert first != other and first == again
+    assert losses(crop_area=1.0)[0] != first  # --crop-area reaches the crop (same draws, other window)
     first, other, _ = losses(augment=False)
     assert first == other
 

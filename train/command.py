@@ -113,6 +113,9 @@ def _parse_stages(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--train-blocks", type=click.IntRange(min=0), default=None,
               help="Stage 1 trains only the last N transformer blocks [default: 0, all].")
 @click.option("--no-augment", is_flag=True, help="No crop/flip/colour augmentation in stage 1.")
+@click.option("--crop-area", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="Smallest random crop in stage 1, as a fraction of the photo's area [default: 0.8, every "
+                   "crop keeps 3/4 of the frame].")
 @click.option("--drop-empty", is_flag=True, help="Drop tags with no positive photo instead of stopping.")
 @click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=None,
               help="Share of photos held out for validation [default: 0.2].")

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from tagger.errors import TaggerError
+from train.augment import CROP_AREA
 from train.losses import LOSSES
 from train.model import SCORE_NORMS
 from train.q2l import HEADS
@@ -71,6 +72,7 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of the student in stage 1 (0: off; the official code uses 0.998)
     train_blocks: int = 0  # stage 1 trains only the last N transformer blocks (0: all)
     augment: bool = True
+    crop_area: float = CROP_AREA  # the smallest stage 1 crop, a fraction of the photo's area (train.augment)
     drop_empty: bool = False  # drop tags with no positive photo instead of stopping
     val_fraction: float = 0.2
     workers: int = 4  # decoding threads
@@ -90,6 +92,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise TrainError(None, "--sc-branch must be global or local")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise TrainError(None, "--alpha must be between 0 and 1")
+    if not 0.0 < cfg.crop_area <= 1.0:
+        raise TrainError(None, "--crop-area must be above 0 and at most 1")
     if not 0.0 < cfg.val_fraction < 1.0:
         raise TrainError(None, "--val-fraction must be between 0 and 1")
     if (cfg.batch_size is not None and cfg.batch_size < 1) or (cfg.epochs or 0) < 0 or (cfg.stage2_epochs or 0) < 0:

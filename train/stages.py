@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from train import runs
-from train.augment import augment
+from train.augment import AugmentConfig, augment
 from train.config import Log, TrainConfig, TrainError, autocast
 from train.distributed import Single
 from train.evaluate import evaluate, extract_features
@@ -264,7 +264,8 @@ class Trainer:
         cfg, model, device = self.cfg, self.model, self.device
         images, targets = images.to(device), targets.to(device)
         if cfg.augment:
-            pixels = standardize(augment(images, gen, part=part), model.mean, model.std)
+            crop = AugmentConfig(scale=(cfg.crop_area, 1.0))
+            pixels = standardize(augment(images, gen, crop, part=part), model.mean, model.std)
         else:
             pixels = normalize_pixels(images, model.mean, model.std)
         with autocast(device):
