@@ -102,6 +102,7 @@ class Trainer:
                  device: torch.device, run_dir: Path, log: Log, progress: bool, dist: Single | None = None):
         self.cfg, self.model, self.loss_fn, self.data = cfg, model, loss_fn, data
         self.dist = dist or Single()  # under torchrun: this rank's share of each batch; rank 0 saves
+        self.augment_config = AugmentConfig(scale=(cfg.crop_area, 1.0))
         self.stage1_forward = self.stage1_loss
         self.device, self.run_dir, self.log, self.progress = device, run_dir, log, progress
         self.history: list[dict] = []
@@ -264,8 +265,7 @@ class Trainer:
         cfg, model, device = self.cfg, self.model, self.device
         images, targets = images.to(device), targets.to(device)
         if cfg.augment:
-            crop = AugmentConfig(scale=(cfg.crop_area, 1.0))
-            pixels = standardize(augment(images, gen, crop, part=part), model.mean, model.std)
+            pixels = standardize(augment(images, gen, self.augment_config, part=part), model.mean, model.std)
         else:
             pixels = normalize_pixels(images, model.mean, model.std)
         with autocast(device):

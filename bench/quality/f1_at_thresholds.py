@@ -41,12 +41,15 @@ def f1_table(plan: Plan, cache_root: Path, methods: list[str]) -> list[str]:
              "threshold |", "|---|---|---|---|---|---|---|"]
     for spec in plan.tasks:
         task = spec.build(cache_root / f"task-{spec.config.key()}")
+        pixels = None  # the task's test photos, decoded once (every run of a task shares its preprocessing)
         for method in methods:
             rows = []
             for seed in plan.seeds:
                 run_dir = results / spec.name / "long-tailed" / method / f"seed-{seed}" / "run"
                 run = runs.load_run(run_dir)
-                scores = scores_of_run(run_dir, load_test_pixels(task, run.preprocess, results / spec.name))
+                if pixels is None:
+                    pixels = load_test_pixels(task, run.preprocess, results / spec.name)
+                scores = scores_of_run(run_dir, pixels)
                 f1 = f1_summary(scores, task.test.targets, np.asarray(run.thresholds), run.labels)
                 precision, recall = precision_recall(scores, task.test.targets, run.thresholds, run.labels)
                 one = np.full(len(run.labels), global_threshold(load_val_scores(run_dir, run.dataset),

@@ -24,7 +24,7 @@ The others have no `tagger train` option and are built here from train/'s own mo
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +50,10 @@ class Method:
     kind: str  # "tagger" (tagger train options), "linear_probe" or "joint"
     args: tuple[str, ...] = ()  # tagger train options
     seeded: bool = True  # False: the result does not depend on the seed (run once)
-    first_seed_only: bool = False  # a side ablation: run on the plan's first seed only (time budget)
 
     def seeds(self, planned: list[int]) -> list[int]:
-        return planned if self.seeded and not self.first_seed_only else planned[:1]
+        """The planned seeds this method runs on: the first alone for a seedless method or a side ablation."""
+        return planned if self.seeded and self.name not in SIDE_ABLATIONS else planned[:1]
 
 
 BASELINES = ("zero_shot", "zero_shot_cos", "linear_probe", "coop", "plain_ft")
@@ -91,7 +91,6 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("loss_db_official", "DB loss as the official code", "tagger", ("--loss", "db-official")),
     Method("loss_asl", "ASL loss", "tagger", ("--loss", "asl")),
 )}
-METHODS.update({m: replace(METHODS[m], first_seed_only=True) for m in SIDE_ABLATIONS})
 
 
 @dataclass(frozen=True)
