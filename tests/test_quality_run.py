@@ -1,11 +1,12 @@
 """The quality benchmark end to end at toy size: VLM pretraining, both tasks, methods, results, report."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from bench.quality import hier_task, pretrain_vlm, run_all, tasks
+from bench.quality import hier_task, pretrain_vlm, run_all, tasks, world, worlds
 from bench.quality.f1_at_thresholds import f1_table
 from bench.quality.methods import METHODS as METHODS_BY_NAME
 from bench.quality.methods import Schedule
@@ -130,3 +131,48 @@ def test_a_side_ablation_runs_on_the_first_seed_and_is_compared_with_that_seed_o
                _result("kd_paper", 0, 41.0)]
     (line,) = ablation_lines(results, "objects", ("kd_paper",))
     assert "(seed 0 only)" in line and "**better** (+1.0 mAP" in line
+
+
+def test_a_frequency_order_changes_which_kinds_are_rare_and_nothing_else():
+    kinds = list(world.KINDS)
+    assert tasks.kinds_by_frequency("world") == kinds
+    assert tasks.kinds_by_frequency("reversed") == kinds[::-1]
+    shuffled = tasks.kinds_by_frequency("shuffled-1")
+    assert sorted(shuffled) == sorted(kinds) and shuffled != kinds
+    assert shuffled == tasks.kinds_by_frequency("shuffled-1") != tasks.kinds_by_frequency("shuffled-2")
+    with pytest.raises(ValueError, match="shuffled-N"):
+        tasks.kinds_by_frequency("random")
+    assert len({tasks.TaskConfig(order=o).key() for o in ("world", "reversed", "shuffled-1")}) == 3
+
+
+def test_worlds_reuses_task_a_runs_and_compares_the_default_with_each_baseline(toy_run):
+    root, _, _ = toy_run
+    plan = toy_plan()
+    objects = plan.tasks[0].config
+    lines = []
+    out = root / "docs" / "quality-worlds.md"
+    table = worlds.run(orders=("world", "reversed"), seeds=[0], cache_root=root / "cache", out=out,
+                       log=lines.append, task_config=objects, vlm=plan.vlm, schedule=plan.long_tailed)
+    ran = [line.split()[:2] for line in lines if " seed " in line]
+    # run_all ran zero-shot, the probe and the default on task A: the world order reuses them.
+    assert sorted(m for order, m in ran if order == "world") == ["coop", "plain_ft"]
+    assert sorted(m for order, m in ran if order == "reversed") == sorted([*worlds.BASELINES, "default"])
+    # Only which kind gets which count changes: the same counts per rank, the kinds in reverse.
+    built = {o: tasks.build_task(replace(objects, order=o), root / "cache" / f"task-{replace(objects, order=o).key()}")
+             for o in ("world", "reversed")}
+    assert built["reversed"].tags == built["world"].tags[::-1]
+    assert np.array_equal(built["reversed"].lt.targets.sum(axis=0), built["world"].lt.targets.sum(axis=0))
+    assert table["reversed"]["_rare"][-1] == built["world"].tags[0]
+    text = out.read_text()
+    assert "python -m bench.quality.worlds" in text and "| world (" in text and "| reversed (" in text
+    for order in ("world", "reversed"):
+        _, overall, tail = worlds.margins(table[order])
+        assert f"{overall:+.1f} / {tail:+.1f} |" in text
+
+
+def test_the_margin_is_over_the_strongest_baseline_overall_and_on_the_tail():
+    def row(**means):
+        return {m: {"mAP": worlds.Cell([v[0]]), "mAP_tail": worlds.Cell([v[1]])} for m, v in means.items()}
+    table = row(zero_shot=(30, 45), linear_probe=(35, 20), coop=(40, 41), plain_ft=(44, 30), default=(46, 47))
+    best, overall, tail = worlds.margins(table)
+    assert best == "plain_ft" and overall == pytest.approx(2.0) and tail == pytest.approx(2.0)  # tail: zero-shot's 45

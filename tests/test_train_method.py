@@ -157,6 +157,28 @@ def test_stage2_starts_from_the_best_stage1_student(synthetic, checkpoint, tmp_p
 
 
 @pytest.mark.slow
+def test_selection_looks_past_a_one_epoch_spike_on_validation(checkpoint, tmp_path):
+    # Catches: an epoch selected on its own validation mAP, where a lucky draw on the few photos of a
+    # rare tag wins; and stage 2's first epoch scored without the model the stage started from.
+    def run(window):
+        folder = tmp_path / f"window-{window}"
+        folder.mkdir()
+        trainer = _trainer(checkpoint, folder, select_window=window)
+        trainer.before = {"mAP": 40.0}
+        trainer._consider(0, 0, trainer.before, trainer.model.inference_state_dict())
+        for stage, epoch, m in [(1, 1, 41.0), (1, 2, 49.0), (1, 3, 42.0), (1, 4, 46.0), (1, 5, 47.0), (2, 1, 46.2)]:
+            summary = {"mAP": m, "mAP_head": m, "mAP_medium": m, "mAP_tail": m}
+            trainer._record(stage, epoch, 0.1, summary, 1.0, 8)
+            improved = trainer._save(stage, epoch, None, None, None, summary)
+        return trainer.best, improved
+    best, stage2_improved = run(2)
+    # Epoch 5's (46 + 47) / 2 beats the spike's (41 + 49) / 2; stage 2's first epoch counts with the
+    # epoch 5 it started from: (47 + 46.2) / 2 = 46.6 > 46.5.
+    assert stage2_improved and best["stage"] == 2 and best["mAP"] == 46.2 and best["score"] == pytest.approx(46.6)
+    best, stage2_improved = run(1)
+    assert (best["stage"], best["epoch"], best["mAP"]) == (1, 2, 49.0) and not stage2_improved
+
+
 def test_selection_returns_the_untrained_model_when_training_only_hurts(synthetic, checkpoint, tmp_path):
     # Catches: the untrained model left out of selection (a trained model must validate better to win).
     trainer = _trainer(checkpoint, tmp_path / "unit")

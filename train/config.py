@@ -70,6 +70,7 @@ class TrainConfig:
     sc_branch: str = "global"  # which learned prompts L_sc ties to P_H: global (paper) | local (code)
     wise_ft: bool = True  # after stage 1, also try the student mixed with the pretrained one (WiSE-FT)
     ema: float = 0.0  # EMA decay of the student in stage 1 (0: off; the official code uses 0.998)
+    select_window: int = 2  # an epoch is selected on the mean validation mAP of it and the one before (1: its own)
     train_blocks: int = 0  # stage 1 trains only the last N transformer blocks (0: all)
     augment: bool = True
     crop_area: float = CROP_AREA  # the smallest stage 1 crop, a fraction of the photo's area (train.augment)
@@ -82,6 +83,8 @@ class TrainConfig:
 def check_config(cfg: TrainConfig) -> None:
     if cfg.loss not in LOSSES:
         raise TrainError(None, f"--loss must be one of {', '.join(LOSSES)}")
+    if cfg.select_window not in (1, 2):
+        raise TrainError(None, "--select-window must be 1 (each epoch on its own) or 2 (with the epoch before)")
     if cfg.score_norm not in SCORE_NORMS:
         raise TrainError(None, f"--score-norm must be one of {', '.join(SCORE_NORMS)}")
     if cfg.head not in HEADS:

@@ -106,7 +106,8 @@ class Trainer:
         self.stage1_forward = self.stage1_loss
         self.device, self.run_dir, self.log, self.progress = device, run_dir, log, progress
         self.history: list[dict] = []
-        self.best: dict = {"mAP": -math.inf, "stage": None, "epoch": None}
+        # The selected candidate: its selection score (`_trajectory_score`) and its own validation mAP.
+        self.best: dict = {"score": -math.inf, "mAP": None, "stage": None, "epoch": None}
         self.before: dict | None = None
         self.state: dict = {"stage": 0, "epoch": 0}  # last completed (stage, epoch)
         self.timings: dict = {}
@@ -118,13 +119,16 @@ class Trainer:
                        for name, module in self.mixed.items()}
 
     # -- checkpoints -------------------------------------------------------------------------------
-    def _consider(self, stage: int, epoch: int, summary: dict, model_state: dict, **extra) -> bool:
-        """Keep `model_state` as best.pt when it validates better than every candidate so far."""
+    def _consider(self, stage: int, epoch: int, summary: dict, model_state: dict, score: float | None = None,
+                  **extra) -> bool:
+        """Keep `model_state` as best.pt when its score (its validation mAP unless given) beats every
+        candidate's so far."""
         m = summary.get("mAP")
-        score = -math.inf if m is None else m
-        improved = score > self.best["mAP"] or self.best["stage"] is None
+        score = m if score is None else score
+        score = -math.inf if score is None else score
+        improved = score > self.best["score"] or self.best["stage"] is None
         if improved:
-            self.best = {"mAP": score, "stage": stage, "epoch": epoch, **extra}
+            self.best = {"score": score, "mAP": m, "stage": stage, "epoch": epoch, **extra}
             if self.dist.is_main:
                 runs.save_checkpoint(self.run_dir / runs.BEST, {"model": model_state, "stage": stage, "epoch": epoch,
                                                                 "val": summary, **extra})
@@ -156,7 +160,7 @@ class Trainer:
         model_state = self.model.inference_state_dict()
         if ema is not None:  # the averaged student is the one validated and kept
             model_state.update({f"student.{k}": v for k, v in ema.shadow.items()})
-        improved = self._consider(stage, epoch, summary, model_state)
+        improved = self._consider(stage, epoch, summary, model_state, score=self._trajectory_score(stage, epoch, summary))
         self.state = {"stage": stage, "epoch": epoch}
         if not self.dist.is_main:
             return improved
@@ -169,9 +173,28 @@ class Trainer:
         })
         return improved
 
+    def _trajectory_score(self, stage: int, epoch: int, summary: dict) -> float | None:
+        """An epoch's selection score: with `select_window` 2, the mean validation mAP of it and the epoch
+        before it in its stage (before the first: the model the stage started from); with 1, its own.
+
+        With 2 to 4 validation photos for a rare tag, one epoch's mAP jumps by several points on noise
+        alone; consecutive epochs are nearly the same model, so a real optimum shows in its neighbours and
+        a lucky draw does not. A task A run picked stage 1 epoch 4 of 40 on a one-epoch spike (49.2 between
+        43.6 and 44.2) and tested 5 points below its other seeds (docs/training.md, "Selection").
+        """
+        m = summary.get("mAP")
+        if m is None or self.cfg.select_window <= 1:
+            return m
+        done = {r["epoch"]: r["mAP"] for r in self.history
+                if r["stage"] == stage and isinstance(r["epoch"], int) and "wise_ft" not in r and r["mAP"] is not None}
+        # Before a stage's first epoch: the model it started from (stage 2 starts from the best so far).
+        before = done.get(epoch - 1, self.before["mAP"] if stage == 1 else self.best["mAP"])
+        return m if before is None else (before + m) / 2
+
     def restore(self, payload: dict) -> dict:
         load_model_state(self.model, payload["model"])
         self.best, self.history, self.before = payload["best"], payload["history"], payload["before"]
+        self.best.setdefault("score", self.best["mAP"])  # a run from before selection had a score of its own
         self.state = {"stage": payload["stage"], "epoch": payload["epoch"]}
         return payload
 

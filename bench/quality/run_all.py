@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bench.quality import hier_task, pretrain_vlm, tasks
-from bench.quality.methods import ABLATIONS, ALTERNATIVES, BASELINES, METHODS, Schedule, Setting, run_method
+from bench.quality.methods import ABLATIONS, ALTERNATIVES, BASELINES, METHODS, Method, Schedule, Setting, run_method
 from bench.quality.report import DOCS, write_report
 from tagger.benchmark import cpu_name
 from tagger.images import load_image
@@ -164,26 +164,14 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
     log(f"{len(jobs)} runs on {', '.join(built)}; seeds {plan.seeds}; results in {results_dir}")
     for n, (spec, setting, method, seed) in enumerate(jobs, 1):
         _, task, test_pixels = built[spec.name]
-        folder = results_dir / spec.name / setting.name / method.name / f"seed-{seed}"
-        result_path = folder / "result.json"
-        key = _key(spec.config.key(), asdict(setting.schedule), method.args, method.kind)
-        if result_path.is_file() and not fresh and json.loads(result_path.read_text()).get("key") == key:
-            continue
-        if folder.exists():
-            shutil.rmtree(folder)
-        ran += 1
-        outcome = run_method(method, setting_for_seed(setting, task, seed), backbone, str(checkpoint), seed,
-                             folder / "run", test_pixels)
-        result = {"task": spec.name, "setting": setting.name, "method": method.name, "seed": seed, "key": key,
-                  "val": outcome.val, "seconds": round(outcome.seconds, 1),
-                  "picked": _picked(folder / "run"),
-                  "test": test_set_metrics(outcome.test_scores, task.test.targets, task.groups)}
-        folder.mkdir(parents=True, exist_ok=True)
-        result_path.write_text(json.dumps(result, indent=2))
-        t = result["test"]
-        log(f"[{n}/{len(jobs)}] {spec.name} {setting.name:11s} {method.name:16s} seed {seed}: test mAP {t['mAP']:.1f} "
-            f"(head {_f(t['mAP_head'])} / medium {_f(t['mAP_medium'])} / tail {_f(t['mAP_tail'])}), "
-            f"val {_f(outcome.val.get('mAP'))}, {outcome.seconds:.0f}s")
+        result, fresh_run = run_job(results_dir / spec.name, spec.config.key(), task, test_pixels, setting, method,
+                                    seed, backbone, str(checkpoint), fresh)
+        if fresh_run:
+            ran += 1
+            t = result["test"]
+            log(f"[{n}/{len(jobs)}] {spec.name} {setting.name:11s} {method.name:16s} seed {seed}: test mAP {t['mAP']:.1f} "
+                f"(head {_f(t['mAP_head'])} / medium {_f(t['mAP_medium'])} / tail {_f(t['mAP_tail'])}), "
+                f"val {_f(result['val'].get('mAP'))}, {result['seconds']:.0f}s")
     # Zero-shot needs no training data: the long-tailed scores stand for every setting of the task.
     for spec, task, _ in built.values():
         for setting in settings_for(task, plan)[1:]:
@@ -212,6 +200,29 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
     path = write_report(results_dir, report)
     log(f"wrote {path} ({wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU)")
     return summary | {"results_dir": str(results_dir)}
+
+
+def run_job(task_dir: Path, task_key: str, task: tasks.Task, test_pixels: np.ndarray, setting: Setting,
+            method: Method, seed: int, backbone: str, checkpoint: str, fresh: bool = False) -> tuple[dict, bool]:
+    """One method × seed on a task's setting: its cached result.json when the same job made it, else
+    run now. Returns (the result, whether it ran now)."""
+    folder = task_dir / setting.name / method.name / f"seed-{seed}"
+    result_path = folder / "result.json"
+    key = _key(task_key, asdict(setting.schedule), method.args, method.kind)
+    if result_path.is_file() and not fresh:
+        cached = json.loads(result_path.read_text())
+        if cached.get("key") == key:
+            return cached, False
+    if folder.exists():
+        shutil.rmtree(folder)
+    outcome = run_method(method, setting_for_seed(setting, task, seed), backbone, checkpoint, seed,
+                         folder / "run", test_pixels)
+    result = {"task": task_dir.name, "setting": setting.name, "method": method.name, "seed": seed, "key": key,
+              "val": outcome.val, "seconds": round(outcome.seconds, 1), "picked": _picked(folder / "run"),
+              "test": test_set_metrics(outcome.test_scores, task.test.targets, task.groups)}
+    folder.mkdir(parents=True, exist_ok=True)
+    result_path.write_text(json.dumps(result, indent=2))
+    return result, True
 
 
 def _drop_unplanned_seeds(folder: Path, runs_on: list[int], planned: list[int]) -> None:

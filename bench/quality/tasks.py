@@ -53,13 +53,31 @@ class TaskConfig:
     shots: tuple[int, ...] = (1, 5)
     seeds: tuple[int, ...] = (0, 1, 2)  # few-shot pools are drawn per seed
     seed: int = 0  # the long-tailed pool and the test set
+    order: str = "world"  # which kinds are frequent (`kinds_by_frequency`); bench/quality/worlds.py varies it
 
     def key(self) -> str:
         spec = asdict(self) | {"world": world_version()}
+        if self.order == "world":  # the key tasks had before the field existed: their cached runs stay valid
+            del spec["order"]
         return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
 
 
 QUICK = TaskConfig(n_pool=600, n_max=360, n_test=300, test_positives=36, seeds=(0, 1))
+
+
+def kinds_by_frequency(order: str) -> list[str]:
+    """The world's object kinds, most frequent first: in KINDS order ("world"), reversed ("reversed"),
+    or in a random order drawn from a seed ("shuffled-N"). Which kinds are rare decides how much a
+    method that keeps the pretrained prior gains on the tail, so one order is one draw of a world."""
+    kinds = list(world.KINDS)
+    if order == "world":
+        return kinds
+    if order == "reversed":
+        return kinds[::-1]
+    if order.startswith("shuffled-") and order.removeprefix("shuffled-").isdigit():
+        rng = np.random.default_rng(int(order.removeprefix("shuffled-")))
+        return [kinds[i] for i in rng.permutation(len(kinds))]
+    raise ValueError(f"order must be 'world', 'reversed' or 'shuffled-N', not {order!r}")
 
 
 def world_version() -> int:
@@ -139,7 +157,7 @@ def few_shot_targets(k: int, n_tags: int, rng: np.random.Generator, per_image: i
 
 def build_task(cfg: TaskConfig, root: Path) -> Task:
     """Write the task under root (skipped when task.json says it is complete) and describe it."""
-    tags = list(world.KINDS)
+    tags = kinds_by_frequency(cfg.order)
     counts = power_law_counts(len(tags), cfg.n_max, cfg.exponent, cfg.shift)
     meta_path = root / "task.json"
     rng = np.random.default_rng(cfg.seed)
