@@ -179,8 +179,8 @@ class Trainer:
 
         With 2 to 4 validation photos for a rare tag, one epoch's mAP jumps by several points on noise
         alone; consecutive epochs are nearly the same model, so a real optimum shows in its neighbours and
-        a lucky draw does not. A task A run picked stage 1 epoch 4 of 40 on a one-epoch spike (49.2 between
-        43.6 and 44.2) and tested 5 points below its other seeds (docs/training.md, "Selection").
+        a lucky draw does not. A run on a task A variant picked stage 1 epoch 4 of 40 on a one-epoch spike
+        (49.2 between 43.6 and 44.2) and tested 5 points below its other seeds (docs/training.md, "Selection").
         """
         m = summary.get("mAP")
         if m is None or self.cfg.select_window <= 1:
