@@ -162,11 +162,11 @@ def test_worlds_reuses_task_a_runs_and_compares_the_default_with_each_baseline(t
              for o in ("world", "reversed")}
     assert built["reversed"].tags == built["world"].tags[::-1]
     assert np.array_equal(built["reversed"].lt.targets.sum(axis=0), built["world"].lt.targets.sum(axis=0))
-    assert table["reversed"]["_rare"][-1] == built["world"].tags[0]
+    assert table["reversed"].tail_kinds[-1] == built["world"].tags[0]
     text = out.read_text()
     assert "python -m bench.quality.worlds" in text and "| world (" in text and "| reversed (" in text
     for order in ("world", "reversed"):
-        _, overall, tail = worlds.margins(table[order])
+        _, overall, tail = worlds.margins(table[order].cells)
         assert f"{overall:+.1f} / {tail:+.1f} |" in text
 
 
