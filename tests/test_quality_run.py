@@ -64,11 +64,13 @@ def test_default_run_is_a_run_folder_export_can_load(toy_run):
 
 def test_f1_at_thresholds_reads_every_seed_of_the_cached_runs(toy_run):
     root, _, _ = toy_run
-    lines = f1_table(toy_plan(), root / "cache", ["default"])
-    assert [line.split(" | ")[:2] for line in lines[2:]] == [["| objects", "default"], ["| hier", "default"]]
+    lines = f1_table(toy_plan(), root / "cache", ["default"], ("long-tailed", "1-shot"))
+    assert [line.split(" | ")[:3] for line in lines[2:]] == [
+        ["| objects", "long-tailed", "default"], ["| objects", "1-shot", "default"],
+        ["| hier", "long-tailed", "default"], ["| hier", "1-shot", "default"]]
     for line in lines[2:]:
-        cells = [float(c.split(" ± ")[0]) for c in line.strip(" |").split(" | ")[2:]]
-        assert len(cells) == 5 and all(0 <= c <= 100 for c in cells)
+        cells = [float(c.split(" ± ")[0]) for c in line.strip(" |").split(" | ")[3:]]
+        assert len(cells) == 6 and all(0 <= c <= 100 for c in cells)
 
 
 def test_report_states_targets_tables_and_command(toy_run):

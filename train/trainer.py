@@ -21,7 +21,7 @@ from train.config import (Log, TrainConfig, TrainError, check_config, check_same
                           pick_device, resolve_defaults)
 from train.evaluate import evaluate
 from train.losses import make_loss
-from train.metrics import calibrate_thresholds, f1_summary, frequency_group, precision_recall
+from train.metrics import bagged_thresholds, f1_summary, frequency_group, precision_recall
 from train.model import HPDVAL, HPDVALConfig
 from train.prepare import Prepared, prepare_data
 from train.stages import Trainer, load_model_state
@@ -165,7 +165,7 @@ def finish(cfg: TrainConfig, model: HPDVAL, data: Prepared, trainer: Trainer, de
     load_model_state(model, best["model"])
     summary, scores = evaluate(model, data, device, max(cfg.batch_size, 64))
     val_targets = data.targets[data.val_idx]
-    thresholds, _ = calibrate_thresholds(scores, val_targets, data.labels)
+    thresholds = bagged_thresholds(scores, val_targets, data.labels, seed=cfg.seed)
     f1 = f1_summary(scores, val_targets, thresholds, data.labels)
     precision, recall = precision_recall(scores, val_targets, thresholds, data.labels)
     runs.save_val_scores(run_dir, scores)  # the report's thumbnails and curves: `tagger report` reuses them

@@ -1,13 +1,17 @@
 """Test F1 at each run's calibrated thresholds: what `tagger tag` writes, which test mAP does not see.
 
     python -m bench.quality.f1_at_thresholds [--methods default,dual_view,plain_ft]
+                                             [--settings long-tailed,1-shot,5-shot] [--worlds]
 
-Reads the run folders the last full `bench.quality.run_all` left in its result cache (long-tailed
-setting, every seed of both tasks), scores the test photos with each run's exported graph, cuts each
-tag at the threshold the run calibrated on its validation split (children bring their vocabulary
-parents, as tagging does) and prints macro and micro F1 and macro precision and recall, mean ± sd
-over seeds, as a Markdown table; the last column cuts every tag at one global threshold instead (the
-best single one on validation), as most taggers do.
+Reads the run folders the last full `bench.quality.run_all` left in its result cache (by default the
+long-tailed setting, every seed of both tasks; --worlds adds task A's other frequency orders that
+`bench.quality.worlds` ran, where they are cached), scores the test photos with each run's exported graph, cuts each
+tag at the threshold `tagger train` calibrates from the run's validation scores (bagged max-F1 cuts,
+train.metrics.bagged_thresholds; children bring their vocabulary parents, as tagging does) and prints
+macro and micro F1 and macro precision and recall, mean ± sd over seeds, as a Markdown table. Two
+more columns cut the same scores another way: at each tag's max-F1 cut on the validation split alone
+(the calibration before bagging), and at one global threshold for every tag (the best single one on
+validation), as most taggers do.
 """
 from __future__ import annotations
 
@@ -17,11 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.quality import pretrain_vlm
+from dataclasses import replace
+
+from bench.quality import pretrain_vlm, tasks, worlds
 from bench.quality.methods import scores_of_run
 from bench.quality.run_all import Plan, load_test_pixels
 from train import runs
-from train.metrics import f1_summary, precision_recall
+from train.metrics import bagged_thresholds, calibrate_thresholds, f1_summary, precision_recall
 from train.report import load_val_scores, val_targets
 
 
@@ -34,40 +40,65 @@ def global_threshold(scores: np.ndarray, targets: np.ndarray) -> float:
     return float(candidates[int(np.argmax(f1))])
 
 
-def f1_table(plan: Plan, cache_root: Path, methods: list[str]) -> list[str]:
-    """Markdown rows: per task and method, mean ± sd over the plan's seeds of the long-tailed runs."""
+def f1_table(plan: Plan, cache_root: Path, methods: list[str], settings=("long-tailed",), with_worlds=False
+             ) -> list[str]:
+    """Markdown rows: per task, setting and method, mean ± sd over the plan's seeds (a method with no
+    cached run there is left out)."""
     results = cache_root / f"results-{plan.vlm.key()}{'-quick' if plan.quick else ''}"  # run_all's cache
-    lines = ["| task | method | F1 macro | F1 micro | precision (macro) | recall (macro) | F1 macro, one global "
-             "threshold |", "|---|---|---|---|---|---|---|"]
-    for spec in plan.tasks:
-        task = spec.build(cache_root / f"task-{spec.config.key()}")
+    lines = ["| task | setting | method | F1 macro | F1 micro | precision (macro) | recall (macro) | F1 macro, one "
+             "max-F1 cut per tag (no bagging) | F1 macro, one global threshold |", "|---|---|---|---|---|---|---|---|---|"]
+    built = [(spec.name, lambda spec=spec: spec.build(cache_root / f"task-{spec.config.key()}"), settings)
+             for spec in plan.tasks]
+    if with_worlds:
+        for order in worlds.ORDERS[1:]:
+            config = replace(tasks.TaskConfig(), order=order)
+            built.append((worlds.task_name(order),
+                          lambda config=config: tasks.build_task(config, cache_root / f"task-{config.key()}"),
+                          ("long-tailed",)))
+    for name, build, task_settings in built:
+        task = build()
         pixels = None  # the task's test photos, decoded once (every run of a task shares its preprocessing)
-        for method in methods:
-            rows = []
-            for seed in plan.seeds:
-                run_dir = results / spec.name / "long-tailed" / method / f"seed-{seed}" / "run"
-                run = runs.load_run(run_dir)
-                if pixels is None:
-                    pixels = load_test_pixels(task, run.preprocess, results / spec.name)
-                scores = scores_of_run(run_dir, pixels)
-                f1 = f1_summary(scores, task.test.targets, np.asarray(run.thresholds), run.labels)
-                precision, recall = precision_recall(scores, task.test.targets, run.thresholds, run.labels)
-                one = np.full(len(run.labels), global_threshold(load_val_scores(run_dir, run.dataset),
-                                                                val_targets(run.dataset)))
-                rows.append((f1["f1_macro"], f1["f1_micro"], np.mean([p for p in precision if p is not None]),
-                             np.mean([r for r in recall if r is not None]),
-                             f1_summary(scores, task.test.targets, one, run.labels)["f1_macro"]))
-            cells = [f"{np.mean(c):.1f} ± {np.std(c):.1f}" for c in zip(*rows)]
-            lines.append(f"| {spec.name} | {method} | " + " | ".join(cells) + " |")
+        for setting in task_settings:
+            for method in methods:
+                rows = []
+                for seed in plan.seeds:
+                    run_dir = results / name / setting / method / f"seed-{seed}" / "run"
+                    if not (run_dir / runs.METRICS).is_file():
+                        continue
+                    run = runs.load_run(run_dir)
+                    if pixels is None:
+                        pixels = load_test_pixels(task, run.preprocess, results / name)
+                    rows.append(_f1_row(run, run_dir, pixels, task.test.targets))
+                if rows:
+                    cells = [f"{np.mean(c):.1f} ± {np.std(c):.1f}" for c in zip(*rows)]
+                    lines.append(f"| {name} | {setting} | {method} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _f1_row(run, run_dir: Path, pixels: np.ndarray, test_targets: np.ndarray) -> tuple:
+    scores = scores_of_run(run_dir, pixels)
+    val, val_y = load_val_scores(run_dir, run.dataset), val_targets(run.dataset)
+    # What the trainer stores now (a run cached before bagging stored the unbagged cut).
+    thresholds = bagged_thresholds(val, val_y, run.labels, seed=run.config["train"]["seed"])
+    f1 = f1_summary(scores, test_targets, thresholds, run.labels)
+    precision, recall = precision_recall(scores, test_targets, thresholds, run.labels)
+    single, _ = calibrate_thresholds(val, val_y, run.labels)
+    one = np.full(len(run.labels), global_threshold(val, val_y))
+    return (f1["f1_macro"], f1["f1_micro"], np.mean([p for p in precision if p is not None]),
+            np.mean([r for r in recall if r is not None]),
+            f1_summary(scores, test_targets, single, run.labels)["f1_macro"],
+            f1_summary(scores, test_targets, one, run.labels)["f1_macro"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default="default,dual_view,plain_ft")
+    parser.add_argument("--settings", default="long-tailed", help="comma-separated: long-tailed,1-shot,5-shot")
+    parser.add_argument("--worlds", action="store_true", help="add task A's other frequency orders (long-tailed)")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    print("\n".join(f1_table(Plan.full(), pretrain_vlm.CACHE_ROOT, args.methods.split(","))))
+    print("\n".join(f1_table(Plan.full(), pretrain_vlm.CACHE_ROOT, args.methods.split(","),
+                             args.settings.split(","), args.worlds)))
 
 
 if __name__ == "__main__":

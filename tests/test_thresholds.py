@@ -1,0 +1,85 @@
+"""Bagged per-tag thresholds: what `tagger train` calibrates on validation and ships in the model."""
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")  # train/ is the training extra
+
+from train.metrics import DEFAULT_THRESHOLD, bagged_thresholds, calibrate_thresholds, f1_summary  # noqa: E402
+
+
+def _draw(rng, n: int, tags: int, prevalence: float, separation: float):
+    """Sigmoid scores whose logits are N(-3, 1) for a tag's negatives and N(-3 + separation, 1) for its positives."""
+    y = rng.random((n, tags)) < prevalence
+    z = np.where(y, separation, 0.0) + rng.normal(0.0, 1.0, (n, tags)) - 3.0
+    return 1.0 / (1.0 + np.exp(-z)), y
+
+
+def test_bagged_thresholds_write_better_tags_on_new_photos_when_validation_is_small():
+    # 60 independent tags, each with about 4 positives among 200 validation photos (a rare tag's lot),
+    # then judged on 20,000 new photos from the same distributions. One split's max-F1 cut sits under
+    # its lowest-scoring positive; averaging the cut over resamples gives a better F1 where it matters.
+    rng = np.random.default_rng(0)
+    val_scores, val_y = _draw(rng, 200, 60, 0.02, 2.5)
+    new_scores, new_y = _draw(rng, 20000, 60, 0.02, 2.5)
+    single, _ = calibrate_thresholds(val_scores, val_y)
+    bagged = bagged_thresholds(val_scores, val_y, seed=0)
+    f1_single = f1_summary(new_scores, new_y, single)["f1_macro"]
+    f1_bagged = f1_summary(new_scores, new_y, bagged)["f1_macro"]
+    assert f1_bagged > f1_single + 1.0, (f1_single, f1_bagged)
+
+
+def test_bagged_thresholds_are_deterministic_and_keep_the_default_without_a_positive():
+    rng = np.random.default_rng(1)
+    scores, y = _draw(rng, 120, 5, 0.1, 2.0)
+    y[:, 4] = False  # a tag with no validation positive
+    first = bagged_thresholds(scores, y, seed=3)
+    assert np.array_equal(first, bagged_thresholds(scores, y, seed=3))
+    assert not np.array_equal(first, bagged_thresholds(scores, y, seed=4))
+    assert first[4] == DEFAULT_THRESHOLD
+    assert np.all((first > 0) & (first < 1))
+
+
+def test_one_positive_is_cut_below_it_and_a_clean_split_stays_clean():
+    # One positive: every resample that holds it cuts between it and a lower score, so the bagged
+    # threshold still keeps that photo in.
+    scores = np.array([[0.9], [0.3], [0.2], [0.1]])
+    y = np.array([[1], [0], [0], [0]])
+    assert 0.1 < bagged_thresholds(scores, y, seed=0)[0] < 0.9
+    # Positives and negatives far apart: the bagged cut separates them on the validation photos too.
+    scores = np.array([[0.95], [0.9], [0.85], [0.2], [0.15], [0.1]])
+    y = np.array([[1], [1], [1], [0], [0], [0]])
+    t = bagged_thresholds(scores, y, seed=0)[0]
+    assert f1_summary(scores, y, [t])["f1"][0] == pytest.approx(100.0)
+
+
+def test_bagged_parent_thresholds_still_know_what_the_children_bring():
+    # As the single calibration (tests/test_hierarchy.py): the parent's own scores add nothing, the
+    # child's photos are the parent's positives, so each resample sets the parent's cut above its scores.
+    labels = ["Animals", "Animals|Dog"]
+    targets = np.array([[1, 1]] * 3 + [[0, 0]] * 9)
+    scores = np.array([[0.2, 0.9], [0.1, 0.8], [0.15, 0.85]] + [[0.6 + 0.01 * i, 0.1 + 0.01 * i] for i in range(9)])
+    aware = bagged_thresholds(scores, targets, labels, seed=0)
+    blind = bagged_thresholds(scores, targets, seed=0)
+    assert aware[0] > scores[:, 0].max() > blind[0]
+    assert f1_summary(scores, targets, aware, labels)["f1"][0] == pytest.approx(100.0)
+
+
+def test_a_resample_counted_by_weights_cuts_where_the_resampled_photos_would():
+    # bagged_thresholds counts each photo as often as a resample draws it instead of copying photos;
+    # each resample's cut must be the one calibrate_thresholds finds on the copied photos, ties
+    # (rounded scores) and a parent calibrated after its children included.
+    from train.metrics import _max_f1_cuts
+
+    rng = np.random.default_rng(2)
+    labels = ["Animals", "Animals|Dog", "Animals|Cat", "Car"]
+    n = 60
+    dog, cat = rng.random(n) < 0.15, rng.random(n) < 0.1
+    targets = np.stack([dog | cat | (rng.random(n) < 0.05), dog, cat, rng.random(n) < 0.2], axis=1)
+    scores = np.round(np.clip(0.3 * targets + rng.random((n, 4)) * 0.7, 0, 1), 2)  # rounded: many ties
+    counts = rng.multinomial(n, np.full(n, 1 / n), size=20)
+    cuts, f1s = _max_f1_cuts(scores, targets, labels, counts.astype(float))
+    for row, count in enumerate(counts):
+        idx = np.repeat(np.arange(n), count)
+        expected, expected_f1 = calibrate_thresholds(scores[idx], targets[idx], labels)
+        assert np.allclose(cuts[row], expected), row
+        assert np.allclose(f1s[row], expected_f1, equal_nan=True), row
