@@ -4,7 +4,12 @@ import pytest
 
 pytest.importorskip("torch")  # train/ is the training extra
 
-from train.metrics import DEFAULT_THRESHOLD, bagged_thresholds, calibrate_thresholds, f1_summary  # noqa: E402
+from train.metrics import (
+    DEFAULT_THRESHOLD,
+    bagged_thresholds,
+    calibrate_thresholds,
+    f1_summary,
+)
 
 
 def _draw(rng, n: int, tags: int, prevalence: float, separation: float):

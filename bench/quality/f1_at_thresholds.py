@@ -16,18 +16,22 @@ validation), as most taggers do.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dataclasses import replace
-
 from bench.quality import pretrain_vlm, tasks, worlds
 from bench.quality.methods import scores_of_run
 from bench.quality.run_all import Plan, load_test_pixels
 from train import runs
-from train.metrics import bagged_thresholds, calibrate_thresholds, f1_summary, precision_recall
+from train.metrics import (
+    bagged_thresholds,
+    calibrate_thresholds,
+    f1_summary,
+    precision_recall,
+)
 from train.report import load_val_scores, val_targets
 
 
