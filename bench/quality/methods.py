@@ -60,6 +60,9 @@ BASELINES = ("zero_shot", "zero_shot_cos", "linear_probe", "coop", "plain_ft")
 ALTERNATIVES = ("dual_view",)  # the default's closest rival, run in every setting of every task
 ABLATIONS = ("plain_ft_q2l", "local_view", "no_kd", "kd_paper", "no_stage2", "no_sc", "no_wise_ft", "raw_cosine", "l2_scores", "loss_dbstar",
              "loss_db_official", "loss_asl")
+# Stage 2 and L_sc tune and tie the prompts: what they are for shows where photos are few, so they are
+# ablated in the few-shot settings too (long-tailed, both measured within 0.1 of the default).
+FEW_SHOT_ABLATIONS = ("no_stage2", "no_sc")
 # The parts the method is made of (local view, L_kd, stage 2, L_sc, the paper's loss) are ablated on
 # every seed. The rest compare settings of a part, the paper's or the official code's, that earlier
 # 3-seed runs settled (docs/quality.md's history): one seed each keeps the full benchmark near 40 min.

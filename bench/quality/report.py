@@ -10,7 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.quality.methods import ABLATIONS, ALTERNATIVES, BASELINES, METHODS
+from bench.quality.methods import (
+    ABLATIONS,
+    ALTERNATIVES,
+    BASELINES,
+    FEW_SHOT_ABLATIONS,
+    METHODS,
+)
 
 GROUPS = ("head", "medium", "tail")
 COLUMNS = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
@@ -283,8 +289,13 @@ def write_report(results_dir: Path, out: Path = DOCS / "quality.md") -> Path:
                       "consistency loss and tree-masked attention in the Query2Label head were each measured on "
                       "this task (seed 0) and dropped: `docs/training.md`, \"Hierarchy-aware tagging\".", ""]
         if few:
+            ablated = list(FEW_SHOT_ABLATIONS) if info["ablations"] else []
             lines += [f"### {info['title']}: few-shot, test mAP (%)", "",
-                      *few_shot_table(results, name, few, FEW_SHOT_ROWS), ""]
+                      *few_shot_table(results, name, few, FEW_SHOT_ROWS + ablated), ""]
+            few_ablations = [line for s in few for line in ablation_lines(results, name, ablated, s)]
+            if few_ablations:
+                lines += ["Stage 2 and L_sc tune and tie the prompts, which matters most where photos are few:",
+                          "", *few_ablations, ""]
     if plotted:
         lines += [f"![per-tag test AP against training photos]({PLOT_NAME})", "",
                   "Per-tag test AP (markers, mean over seeds) against the tag's training photos, long-tailed "

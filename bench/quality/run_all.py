@@ -25,7 +25,17 @@ import numpy as np
 import torch
 
 from bench.quality import hier_task, pretrain_vlm, tasks
-from bench.quality.methods import ABLATIONS, ALTERNATIVES, BASELINES, METHODS, Method, Schedule, Setting, run_method
+from bench.quality.methods import (
+    ABLATIONS,
+    ALTERNATIVES,
+    BASELINES,
+    FEW_SHOT_ABLATIONS,
+    METHODS,
+    Method,
+    Schedule,
+    Setting,
+    run_method,
+)
 from bench.quality.report import DOCS, write_report
 from tagger.benchmark import cpu_name
 from tagger.images import load_image
@@ -51,7 +61,8 @@ class TaskSpec:
     name: str  # id in result folders
     title: str  # heading in the report
     config: tasks.TaskConfig | hier_task.HierTaskConfig
-    ablations: bool  # run ABLATIONS on its long-tailed setting (the first task; time is bounded)
+    ablations: bool  # run ABLATIONS on its long-tailed setting and FEW_SHOT_ABLATIONS on its few-shot ones
+    # (the first task; time is bounded)
 
     def build(self, root: Path) -> tasks.Task:
         if isinstance(self.config, hier_task.HierTaskConfig):
@@ -135,6 +146,7 @@ def methods_for(spec: TaskSpec, setting: str, plan: Plan) -> list[str]:
         wanted = [*BASELINES, "default", *ALTERNATIVES, *(ABLATIONS if spec.ablations else ())]
     else:
         wanted = [m for m in FEW_SHOT_METHODS if not m.startswith("zero_shot")]  # zero-shot: copied below
+        wanted += list(FEW_SHOT_ABLATIONS) if spec.ablations else []
     return [m for m in wanted if m in plan.methods]
 
 
