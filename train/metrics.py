@@ -93,7 +93,7 @@ def bagged_thresholds(scores: np.ndarray, targets: np.ndarray, labels: list[str]
     n = len(targets)
     if n == 0 or resamples < 1:
         return calibrate_thresholds(scores, targets, labels)[0]
-    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float64)
+    weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
     cuts, f1s = _max_f1_cuts(scores, targets, labels, weights)
     votes = ~np.isnan(f1s)
     eps = 1e-7
@@ -116,7 +116,7 @@ def _max_f1_cuts(scores: np.ndarray, targets: np.ndarray, labels: list[str] | No
     and their F1 (NaN where a row holds no positive of the tag, whose threshold stays the default)."""
     n_rows, n_photos = weights.shape
     n_tags = targets.shape[1]
-    weights = weights.astype(np.float32)  # whole counts: exact in float32 up to 16M photos, and twice as fast
+    weights = weights.astype(np.float32)  # whole counts: exact in float32 up to 16M photos, half the memory
     thresholds = np.full((n_rows, n_tags), DEFAULT_THRESHOLD)
     f1s = np.full((n_rows, n_tags), np.nan)
     rows = np.arange(n_rows)
