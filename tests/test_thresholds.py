@@ -86,5 +86,30 @@ def test_a_resample_counted_by_weights_cuts_where_the_resampled_photos_would():
     for row, count in enumerate(counts):
         idx = np.repeat(np.arange(n), count)
         expected, expected_f1 = calibrate_thresholds(scores[idx], targets[idx], labels)
-        assert np.allclose(cuts[row], expected), row
         assert np.allclose(f1s[row], expected_f1, equal_nan=True), row
+        # A parent left to its children's photos is cut above every validation score, not only above
+        # the resample's (the copied photos' calibration does not know the others).
+        children_only = np.isclose(expected, np.nextafter(scores[idx].max(axis=0), np.inf))
+        assert np.allclose(cuts[row][~children_only], expected[~children_only]), row
+        assert np.all(cuts[row][children_only] > scores[:, children_only].max(axis=0)), row
+
+
+def test_a_parent_left_to_its_children_stays_above_every_validation_score():
+    # One positive, found by the child alone; the parent's own scores (all under 0.5) rank a negative
+    # highest. Only the resamples holding the positive vote, all for "above the parent's scores": the
+    # bagged cut must be exactly that, not its logit round trip (which can land on the top score).
+    labels = ["A", "A|x"]
+    n = 30
+    targets = np.zeros((n, 2), bool)
+    targets[0] = True
+    scores = np.zeros((n, 2))
+    scores[:, 0], scores[:, 1] = np.linspace(0.05, 0.46, n), 0.1
+    scores[0] = (0.01, 0.9)
+    bagged = bagged_thresholds(scores, targets, labels, seed=0)
+    assert bagged[0] > scores[:, 0].max()
+    assert f1_summary(scores, targets, bagged, labels)["f1"][0] == pytest.approx(100.0)
+    # A resample without the parent's top-scored photo cuts above that photo too: every resample that
+    # leaves the parent to its children agrees on the cut.
+    from train.metrics import _max_f1_cuts
+    cuts, _ = _max_f1_cuts(scores, targets, labels, np.ones((1, n)) - np.eye(n)[[n - 1]])
+    assert cuts[0, 0] > scores[:, 0].max()

@@ -83,8 +83,9 @@ def bagged_thresholds(scores: np.ndarray, targets: np.ndarray, labels: list[str]
     """Per tag, the max-F1 threshold of `calibrate_thresholds` averaged over bootstrap resamples of the
     validation photos (bagging, Breiman 1996), in logit space where sigmoid scores spread evenly.
 
-    A rare tag has 1 to 4 validation positives, so its max-F1 threshold sits just under whichever one
-    scored lowest: one photo's luck decides what the tag writes on every new photo. Averaging the
+    A rare tag has 1 to 4 validation positives, so its max-F1 threshold sits between two photos' scores,
+    usually just under the lowest-scoring positive it keeps: one photo's luck decides what the tag
+    writes on every new photo. Averaging the
     cut over resamples keeps what the photos agree on and smooths out what one of them alone says
     (docs/training.md, "Thresholds": test F1 up on every benchmark setting). A resample in which a
     tag has no positive does not vote on it; a tag with no validation positive keeps the default.
@@ -101,10 +102,12 @@ def bagged_thresholds(scores: np.ndarray, targets: np.ndarray, labels: list[str]
     with np.errstate(invalid="ignore"):
         mean = np.where(votes, z, 0.0).sum(axis=0) / votes.sum(axis=0)
     bagged = 1.0 / (1.0 + np.exp(-mean))
-    # Where every resample cut at the same place (a parent left to its children's photos: just above
-    # its highest score), keep that value exactly: the logit round trip could land it a hair below.
-    agree = np.all(np.where(votes, cuts, cuts.max(axis=0)) == cuts.max(axis=0), axis=0)
-    bagged = np.where(agree, cuts.max(axis=0), bagged)
+    # Where every voting resample cut at the same place (a parent left to its children's photos: just
+    # above its highest validation score), keep that value exactly: the logit round trip could land it a
+    # hair below, and the parent would tag its top photo by its own score.
+    voted_max = np.where(votes, cuts, -np.inf).max(axis=0)
+    agree = votes.any(axis=0) & np.all(~votes | (cuts == voted_max), axis=0)
+    bagged = np.where(agree, voted_max, bagged)
     single, _ = calibrate_thresholds(scores, targets, labels)
     return np.where(votes.any(axis=0), bagged, single)
 
@@ -168,7 +171,8 @@ def _max_f1_cuts(scores: np.ndarray, targets: np.ndarray, labels: list[str] | No
         has_pos = n_pos > 0
         thresholds[has_pos, c] = np.clip((s_sorted[best] + below_score) / 2, 0.0, 1.0)[has_pos]
         f1s[has_pos, c] = f1[rows, pick][has_pos]
-        # Or none by its own score: only what its descendants bring.
+        # Or none by its own score: only what its descendants bring. The cut then goes above every
+        # validation score, held by the row or not, so that all resamples choosing this agree on it.
         with np.errstate(invalid="ignore", divide="ignore"):
             only_forced = 2 * forced_tp / (forced_n + n_pos)
         none = has_pos & (forced_n > 0) & (only_forced > f1s[:, c])
