@@ -108,8 +108,9 @@ def bagged_thresholds(scores: np.ndarray, targets: np.ndarray, labels: list[str]
     voted_max = np.where(votes, cuts, -np.inf).max(axis=0)
     agree = votes.any(axis=0) & np.all(~votes | (cuts == voted_max), axis=0)
     bagged = np.where(agree, voted_max, bagged)
-    single, _ = calibrate_thresholds(scores, targets, labels)
-    return np.where(votes.any(axis=0), bagged, single)
+    # No vote in 100 resamples: the tag has no validation positive at all (one positive is missed by all
+    # of them with probability 0.37^100), and the single calibration would give the default too.
+    return np.where(votes.any(axis=0), bagged, DEFAULT_THRESHOLD)
 
 
 def _max_f1_cuts(scores: np.ndarray, targets: np.ndarray, labels: list[str] | None, weights: np.ndarray

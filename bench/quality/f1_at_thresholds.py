@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.quality import pretrain_vlm, tasks, worlds
+from bench.quality import pretrain_vlm, worlds
 from bench.quality.methods import scores_of_run
-from bench.quality.run_all import Plan, load_test_pixels
+from bench.quality.run_all import Plan, TaskSpec, load_test_pixels
 from train import runs
 from train.metrics import (
     bagged_thresholds,
@@ -51,16 +51,12 @@ def f1_table(plan: Plan, cache_root: Path, methods: list[str], settings=("long-t
     results = cache_root / f"results-{plan.vlm.key()}{'-quick' if plan.quick else ''}"  # run_all's cache
     lines = ["| task | setting | method | F1 macro | F1 micro | precision (macro) | recall (macro) | F1 macro, one "
              "max-F1 cut per tag (no bagging) | F1 macro, one global threshold |", "|---|---|---|---|---|---|---|---|---|"]
-    built = [(spec.name, lambda spec=spec: spec.build(cache_root / f"task-{spec.config.key()}"), settings)
-             for spec in plan.tasks]
-    if with_worlds:
-        for order in worlds.ORDERS[1:]:
-            config = replace(tasks.TaskConfig(), order=order)
-            built.append((worlds.task_name(order),
-                          lambda config=config: tasks.build_task(config, cache_root / f"task-{config.key()}"),
-                          ("long-tailed",)))
-    for name, build, task_settings in built:
-        task = build()
+    specs = [(spec, settings) for spec in plan.tasks]
+    if with_worlds:  # task A in its other frequency orders: long-tailed runs only
+        specs += [(TaskSpec(worlds.task_name(order), order, replace(worlds.TASK_A, order=order), False), ("long-tailed",))
+                  for order in worlds.ORDERS[1:]]
+    for spec, task_settings in specs:
+        name, task = spec.name, spec.build(cache_root / f"task-{spec.config.key()}")
         pixels = None  # the task's test photos, decoded once (every run of a task shares its preprocessing)
         for setting in task_settings:
             for method in methods:

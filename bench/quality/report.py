@@ -294,7 +294,7 @@ def write_report(results_dir: Path, out: Path = DOCS / "quality.md") -> Path:
                       *few_shot_table(results, name, few, FEW_SHOT_ROWS + ablated), ""]
             few_ablations = [line for s in few for line in ablation_lines(results, name, ablated, s)]
             if few_ablations:
-                lines += ["Stage 2 and L_sc tune and tie the prompts, which matters most where photos are few:",
+                lines += ["The parts that act on the prompts, ablated where photos are few (`FEW_SHOT_ABLATIONS`):",
                           "", *few_ablations, ""]
     if plotted:
         lines += [f"![per-tag test AP against training photos]({PLOT_NAME})", "",
