@@ -9,8 +9,9 @@ import torch
 from bench.quality import hier_task, pretrain_vlm, run_all, tasks, world, worlds
 from bench.quality.f1_at_thresholds import f1_table
 from bench.quality.methods import METHODS as METHODS_BY_NAME
-from bench.quality.methods import Schedule
+from bench.quality.methods import Schedule, scores_of_run
 from bench.quality.report import ablation_lines
+from train.metrics import f1_summary
 from train.runs import load_run
 
 METHODS = ["zero_shot", "linear_probe", "default", "no_kd", "no_sc"]
@@ -75,11 +76,31 @@ def test_f1_at_thresholds_reads_every_seed_of_the_cached_runs(toy_run):
         assert len(cells) == 6 and all(0 <= c <= 100 for c in cells)
 
 
+def test_a_result_holds_what_the_run_writes_at_its_own_thresholds(toy_run):
+    """F1 in result.json is the test photos cut at the thresholds the run stored (children bringing
+    their parents); the linear probe is cut at thresholds calibrated on its validation split; zero-shot,
+    with no validation split, has none."""
+    root, _, _ = toy_run
+    spec = toy_plan().tasks[1]
+    task = spec.build(root / "cache" / f"task-{spec.config.key()}")
+    task_dir = next((root / "cache").glob("results-*/hier"))
+    result = json.loads((task_dir / "long-tailed/default/seed-0/result.json").read_text())
+    run = load_run(task_dir / "long-tailed/default/seed-0/run")
+    pixels = run_all.load_test_pixels(task, run.preprocess, task_dir)
+    expected = f1_summary(scores_of_run(run.run_dir, pixels), task.test.targets, np.array(run.thresholds), run.labels)
+    assert result["test"]["f1_macro"] == expected["f1_macro"] and result["test"]["f1_micro"] == expected["f1_micro"]
+    assert 0 <= result["test"]["precision_macro"] <= 100 and 0 <= result["test"]["recall_macro"] <= 100
+    probe = json.loads((task_dir / "long-tailed/linear_probe/seed-0/result.json").read_text())
+    assert 0 <= probe["test"]["f1_macro"] <= 100
+    assert "f1_macro" not in json.loads((task_dir / "long-tailed/zero_shot/seed-0/result.json").read_text())["test"]
+
+
 def test_report_states_targets_tables_and_command(toy_run):
     root, summary, _ = toy_run
     text = (root / "docs" / "quality.md").read_text()
     assert "python -m bench.quality.run_all" in text
     assert "| **tagger train (default)** |" in text and "| linear probe |" in text
+    assert "| F1 at its thresholds | precision / recall |" in text and "what gets written" in text
     assert "long-tailed, overall: default" in text and "the +3 target" in text
     assert "1-shot: default" in text and "vs zero-shot" in text
     assert "**− L_kd** vs the default" in text

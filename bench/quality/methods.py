@@ -39,7 +39,7 @@ from train import runs
 from train.backbone import load_clip
 from train.data import collect_labels
 from train.losses import make_loss
-from train.metrics import map_summary
+from train.metrics import bagged_thresholds, map_summary
 from train.model import normalize_pixels, score_images
 from train.split import stratified_split
 
@@ -133,6 +133,10 @@ class Outcome:
     test_scores: np.ndarray  # [N_test, C] in [0, 1]
     val: dict  # validation mAP summary (what selection saw)
     seconds: float
+    # Where each tag is cut, as calibrated on validation (what `tagger tag` would write), and the
+    # vocabulary it is joined to; None for zero-shot, which has no validation split to calibrate on.
+    thresholds: np.ndarray | None = None
+    labels: list[str] | None = None
 
 
 def tagger_args(method: Method, setting: Setting, backbone: str, pretrained: str, seed: int, out: Path) -> list[str]:
@@ -156,7 +160,10 @@ def run_tagger_train(args: list[str], log_file: Path) -> None:
 
 def scores_of_run(run_dir: Path, test_pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The exported inference graph (train.model.score_images) of the run's best checkpoint on test photos."""
-    parts = runs.load_run(run_dir).parts
+    return scores_of_parts(runs.load_run(run_dir).parts, test_pixels, batch_size)
+
+
+def scores_of_parts(parts, test_pixels: np.ndarray, batch_size: int = 256) -> np.ndarray:
     out = []
     with torch.no_grad():
         for start in range(0, len(test_pixels), batch_size):
@@ -168,21 +175,24 @@ def scores_of_run(run_dir: Path, test_pixels: np.ndarray, batch_size: int = 256)
 def run_method(method: Method, setting: Setting, backbone: str, pretrained: str, seed: int, out: Path,
                test_pixels: np.ndarray) -> Outcome:
     started = time.perf_counter()
+    thresholds = labels = None
     if method.kind == "tagger":
         if not (out / runs.METRICS).is_file():
             run_tagger_train(tagger_args(method, setting, backbone, pretrained, seed, out), out / "train.log")
         val = runs.read_json(out / runs.METRICS)["val"]
-        scores = scores_of_run(out, test_pixels)
+        run = runs.load_run(out)
+        scores, thresholds, labels = scores_of_parts(run.parts, test_pixels), np.array(run.thresholds), run.labels
     elif method.kind == "zero_shot":
         clip = load_clip(backbone, pretrained)
         cosines = zero_shot_scores(clip, test_pixels, read_labels(setting.labels))
         scores = clip_softmax(cosines, clip) if method.args == ("softmax",) else cosines
         val = {}
     elif method.kind == "linear_probe":
-        val, scores = linear_probe(setting, backbone, pretrained, seed, test_pixels, out)
+        val, scores, thresholds = linear_probe(setting, backbone, pretrained, seed, test_pixels, out)
+        labels = read_labels(setting.labels)
     else:
         raise ValueError(f"unknown method kind {method.kind!r}")
-    return Outcome(out, scores, val, time.perf_counter() - started)
+    return Outcome(out, scores, val, time.perf_counter() - started, thresholds, labels)
 
 
 # -- linear probe -----------------------------------------------------------------------------------
@@ -203,8 +213,10 @@ def _cls_features(clip, pixels: np.ndarray, batch_size: int = 256) -> torch.Tens
 
 
 def linear_probe(setting: Setting, backbone: str, pretrained: str, seed: int, test_pixels: np.ndarray,
-                 out: Path) -> tuple[dict, np.ndarray]:
-    """Per-tag logistic regression on frozen CLS embeddings, on tagger's own training/validation split."""
+                 out: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Per-tag logistic regression on frozen CLS embeddings, on tagger's own training/validation split.
+    Returns the validation summary, the test scores and per-tag thresholds calibrated on validation as
+    `tagger train` calibrates its own (so the two are compared at the tags they would write)."""
     out.mkdir(parents=True, exist_ok=True)
     clip = load_clip(backbone, pretrained)
     labels = read_labels(setting.labels)
@@ -231,9 +243,10 @@ def linear_probe(setting: Setting, backbone: str, pretrained: str, seed: int, te
             summary = map_summary(val_scores, photos.targets[val_idx], train_counts)
         if best is None or (summary["mAP"] or -1) > (best[0]["mAP"] or -1):
             with torch.no_grad():
-                best = (summary, torch.sigmoid(head(test_features)).numpy(), decay)
-    summary, scores, decay = best
+                best = (summary, torch.sigmoid(head(test_features)).numpy(), decay, val_scores)
+    summary, scores, decay, val_scores = best
+    thresholds = bagged_thresholds(val_scores, photos.targets[val_idx], labels, seed=seed)
     val = {k: summary[k] for k in ("mAP", "mAP_head", "mAP_medium", "mAP_tail")} | {"weight_decay": decay}
     runs.write_json(out / "linear_probe.json", {"val": val, "train_images": len(train_idx),
                                                 "val_images": len(val_idx), "decays": list(LINEAR_PROBE_DECAYS)})
-    return val, scores
+    return val, scores, thresholds

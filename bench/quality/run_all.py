@@ -41,7 +41,7 @@ from tagger.benchmark import cpu_name
 from tagger.images import load_image
 from train import runs
 from train.backbone import load_clip
-from train.metrics import per_tag_ap
+from train.metrics import f1_summary, per_tag_ap, precision_recall
 
 # The full benchmark passes nothing but the validation share: epochs, batch size and learning rate are
 # `tagger train`'s own data-dependent defaults, so the numbers are what a user gets. Few-shot pools hold
@@ -76,14 +76,23 @@ QUICK_TASKS = (TaskSpec("objects", "Task A: 20 object kinds", tasks.QUICK, True)
                TaskSpec("hier", "Task B: 45 Parent|Child tags", hier_task.HIER_QUICK, False))
 
 
-def test_set_metrics(scores: np.ndarray, targets: np.ndarray, groups: list[str]) -> dict:
-    """Test mAP (percent) overall and per fixed frequency group, and the per-tag APs."""
+def test_set_metrics(scores: np.ndarray, targets: np.ndarray, groups: list[str],
+                     thresholds: np.ndarray | None = None, labels: list[str] | None = None) -> dict:
+    """Test mAP (percent) overall and per fixed frequency group, and the per-tag APs; with calibrated
+    thresholds also what a user gets written: F1 (macro and micro) and macro precision and recall, the
+    chosen children bringing their vocabulary parents as `tagger tag` decides."""
     aps = 100 * per_tag_ap(scores, targets)
     out = {"mAP": round(float(np.nanmean(aps)), 3)}
     for g in ("head", "medium", "tail"):
         chosen = [a for a, gg in zip(aps, groups) if gg == g and not np.isnan(a)]
         out[f"mAP_{g}"] = round(float(np.mean(chosen)), 3) if chosen else None
     out["ap"] = [None if np.isnan(a) else round(float(a), 3) for a in aps]
+    if thresholds is not None:
+        f1 = f1_summary(scores, targets, thresholds, labels)
+        precision, recall = precision_recall(scores, targets, thresholds, labels)
+        out |= {"f1_macro": f1["f1_macro"], "f1_micro": f1["f1_micro"],
+                "precision_macro": round(float(np.mean([p for p in precision if p is not None])), 3),
+                "recall_macro": round(float(np.mean([r for r in recall if r is not None])), 3)}
     return out
 
 
@@ -231,7 +240,8 @@ def run_job(task_dir: Path, task_key: str, task: tasks.Task, test_pixels: np.nda
                          folder / "run", test_pixels)
     result = {"task": task_dir.name, "setting": setting.name, "method": method.name, "seed": seed, "key": key,
               "val": outcome.val, "seconds": round(outcome.seconds, 1), "picked": _picked(folder / "run"),
-              "test": test_set_metrics(outcome.test_scores, task.test.targets, task.groups)}
+              "test": test_set_metrics(outcome.test_scores, task.test.targets, task.groups, outcome.thresholds,
+                                       outcome.labels)}
     folder.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2))
     return result, True
