@@ -159,6 +159,16 @@ def test_a_side_ablation_runs_on_the_first_seed_and_is_compared_with_that_seed_o
     assert "(seed 0 only)" in line and "**better** (+1.0 mAP" in line
 
 
+def test_an_ablation_line_pairs_the_seeds():
+    """Seeds spread 40 to 55, so the spread rule sees no difference; seed by seed the ablation is lower
+    every time, and the line says so."""
+    results = [_result("default", s, m) for s, m in ((0, 40.0), (1, 55.0), (2, 48.0))] \
+        + [_result("no_stage2", s, m) for s, m in ((0, 39.0), (1, 54.5), (2, 47.9))]
+    (line,) = ablation_lines(results, "objects", ("no_stage2",))
+    assert "**no clear difference**" in line
+    assert line.endswith("seed by seed -1.0 to -0.1, lower on 3 and higher on 0 of 3.")
+
+
 def test_a_frequency_order_changes_which_kinds_are_rare_and_nothing_else():
     kinds = list(world.KINDS)
     assert tasks.kinds_by_frequency("world") == kinds

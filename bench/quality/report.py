@@ -120,8 +120,23 @@ def ablation_lines(results: list[dict], task: str, methods=ABLATIONS, setting: s
         if c["mAP"].values and default["mAP"].values:
             on = "" if len(seeds) > 1 else f" (seed {seeds[0]} only)"
             lines.append(f"- **{METHODS[m].label}** vs the default{'' if setting == 'long-tailed' else ', ' + setting}"
-                         f"{on}: {_compare(c, default)}.")
+                         f"{on}: {_compare(c, default)}{_seed_by_seed(results, task, setting, m)}.")
     return lines
+
+
+def _seed_by_seed(results: list[dict], task: str, setting: str, method: str) -> str:
+    """The paired view the spread rule does not take: a seed shares its split, pool and start between
+    the two runs, so a part that moves every seed the same way shows here before it shows in the means."""
+    def by_seed(m):
+        return {r["seed"]: r["test"]["mAP"] for r in results
+                if r["task"] == task and r["setting"] == setting and r["method"] == m}
+    ablated, default = by_seed(method), by_seed("default")
+    diffs = [ablated[s] - default[s] for s in sorted(set(ablated) & set(default))]
+    if len(diffs) < 2:
+        return ""
+    lower, higher = sum(d < -0.05 for d in diffs), sum(d > 0.05 for d in diffs)
+    return (f"; seed by seed {min(diffs):+.1f} to {max(diffs):+.1f}, lower on {lower} and higher on {higher} "
+            f"of {len(diffs)}")
 
 
 def table(results: list[dict], task: str, setting: str, methods: list[str]) -> list[str]:
