@@ -14,7 +14,7 @@ from bench.quality.report import ablation_lines
 from train.metrics import f1_summary
 from train.runs import load_run
 
-METHODS = ["zero_shot", "linear_probe", "default", "no_kd", "no_sc"]
+METHODS = ["zero_shot", "linear_probe", "default", "no_kd", "with_sc"]
 
 
 def toy_plan(settings=("long-tailed", "1-shot")) -> run_all.Plan:
@@ -47,9 +47,9 @@ def test_every_job_leaves_test_metrics(toy_run):
     # Ablations run on the first task only, and only the few-shot ones (L_sc here) in its few-shot
     # settings; zero-shot stands for every setting.
     assert found == ({("objects", "long-tailed", m) for m in METHODS}
-                     | {("hier", "long-tailed", m) for m in METHODS if m not in ("no_kd", "no_sc")}
+                     | {("hier", "long-tailed", m) for m in METHODS if m not in ("no_kd", "with_sc")}
                      | {(t, "1-shot", m) for t in ("objects", "hier") for m in ("zero_shot", "linear_probe", "default")}
-                     | {("objects", "1-shot", "no_sc")})
+                     | {("objects", "1-shot", "with_sc")})
     for r in results:
         assert 0 <= r["test"]["mAP"] <= 100 and len(r["test"]["ap"]) == (20 if r["task"] == "objects" else 45)
     default = next(r for r in results if r["method"] == "default" and r["setting"] == "long-tailed")
@@ -104,7 +104,7 @@ def test_report_states_targets_tables_and_command(toy_run):
     assert "long-tailed, overall: default" in text and "the +3 target" in text
     assert "1-shot: default" in text and "vs zero-shot" in text
     assert "**− L_kd** vs the default" in text
-    assert "**− L_sc** vs the default, 1-shot" in text and "| − L_sc | " in text
+    assert "**+ L_sc (paper; off by default)** vs the default, 1-shot" in text and "| + L_sc (paper; off by default) | " in text
     assert "## Task A: long-tailed" in text and "## Task B: long-tailed" in text and "few-shot" in text
     try:
         import matplotlib  # noqa: F401

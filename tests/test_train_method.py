@@ -75,7 +75,7 @@ def test_stage1_loss_is_cls_against_hand_prompts_plus_kd(checkpoint, tmp_path):
 def test_stage2_loss_scores_global_view_with_global_prompts_and_ties_the_configured_branch(checkpoint, tmp_path):
     # Catches: global and local prompts swapped, L_sc dropped or tied to the wrong branch.
     for branch in ("global", "local"):
-        trainer = _trainer(checkpoint, tmp_path, alpha=0.5, sc_branch=branch)
+        trainer = _trainer(checkpoint, tmp_path, alpha=0.5, sc=True, sc_branch=branch)
         model = trainer.model
         with torch.no_grad():
             model.prompts.ctx_global.add_(torch.randn(model.prompts.ctx_global.shape, generator=torch.Generator().manual_seed(2)))

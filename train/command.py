@@ -15,8 +15,7 @@ import click
 from tagger.errors import EXIT_INTERRUPTED, TaggerError
 
 # TrainConfig field -> the option that sets it, where the names differ (the flags say "no").
-_OPTION_OF = {"keywords": "no_keywords", "kd": "no_kd", "sc": "no_sc", "augment": "no_augment",
-              "wise_ft": "no_wise_ft"}
+_OPTION_OF = {"keywords": "no_keywords", "kd": "no_kd", "augment": "no_augment", "wise_ft": "no_wise_ft"}
 # Kept in step with train.losses.LOSSES, train.model.SCORE_NORMS and train.q2l.HEADS by a test (this
 # module imports no torch).
 LOSS_CHOICES = ("bce", "dbstar", "db", "db-official", "asl")
@@ -102,9 +101,10 @@ def _parse_stages(ctx, param, value: str | None) -> tuple[int, ...] | None:
               "(always off from random init).")
 @click.option("--kd-weight", type=click.FloatRange(min=0), default=None,
               help="Weight of L_kd, the distillation from the frozen tower [default: 0.3; the paper's 1].")
-@click.option("--no-sc", is_flag=True, help="Stage 2 without the semantic consistency loss.")
+@click.option("--sc/--no-sc", default=False, help="Stage 2 with the paper's semantic consistency loss tying the "
+              "learned prompts to the hand ones [default: off; it measured no gain here, docs/training.md].")
 @click.option("--sc-weight", type=click.FloatRange(min=0), default=None,
-              help="Weight of L_sc, the semantic consistency loss [default: 1].")
+              help="Weight of L_sc when --sc is on [default: 1].")
 @click.option("--sc-branch", type=click.Choice(["global", "local"]), default=None,
               help="Which learned prompts the consistency loss ties to the hand-crafted ones [default: global].")
 @click.option("--no-wise-ft", is_flag=True, help="Do not try the stage 1 student mixed with the pretrained one.")
