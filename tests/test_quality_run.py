@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.quality import hier_task, pretrain_vlm, run_all, tasks, world, worlds
+from bench.quality import hier_task, paired_seeds, pretrain_vlm, run_all, tasks, world, worlds
 from bench.quality.f1_at_thresholds import f1_table
 from bench.quality.methods import METHODS as METHODS_BY_NAME
 from bench.quality.methods import Schedule, scores_of_run
@@ -167,6 +167,28 @@ def test_an_ablation_line_pairs_the_seeds():
     (line,) = ablation_lines(results, "objects", ("no_stage2",))
     assert "**no clear difference**" in line
     assert line.endswith("seed by seed -1.0 to -0.1, lower on 3 and higher on 0 of 3.")
+
+
+def test_paired_seeds_compares_each_seed_of_an_ablation_with_the_same_seed_of_the_default(toy_run):
+    root, _, _ = toy_run
+    plan = toy_plan(("1-shot",))
+    plan.tasks = plan.tasks[:1]
+    (row,) = paired_seeds.run(plan, root / "cache", 2, ("with_sc",), log=lambda line: None)
+    results = {(r["method"], r["seed"]): r["test"]["mAP"] for r in map(
+        lambda p: json.loads(p.read_text()), (root / "cache").glob("paired-*/objects/1-shot/*/seed-*/result.json"))}
+    assert sorted(results) == [("default", 0), ("default", 1), ("with_sc", 0), ("with_sc", 1)]
+    diffs = [results["with_sc", s] - results["default", s] for s in (0, 1)]
+    assert row["seeds"] == 2 and row["diff"] == pytest.approx(np.mean(diffs))
+    assert row["se"] == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(2))
+    # Seeds past the benchmark's own draw their own few-shot pools.
+    assert len({p.name for p in (root / "cache").glob("task-*/shot1-s1")}) == 1
+
+
+def test_paired_statistics_count_each_way_and_ignore_a_seed_one_side_lacks():
+    stats = paired_seeds.paired({0: 40.0, 1: 55.0, 2: 48.0, 3: 50.0}, {0: 39.0, 1: 55.5, 2: 48.0})
+    assert stats["seeds"] == 3 and stats["diff"] == pytest.approx(-0.5 / 3)
+    assert (stats["lower"], stats["higher"]) == (1, 1)
+    assert stats["default"] == pytest.approx(143 / 3) and stats["ablated"] == pytest.approx(142.5 / 3)
 
 
 def test_a_frequency_order_changes_which_kinds_are_rare_and_nothing_else():

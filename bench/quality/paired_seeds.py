@@ -1,0 +1,110 @@
+"""Does a part of the method pay where photos are few? The default against ablations over many seeds,
+compared seed by seed:
+
+    python -m bench.quality.paired_seeds                       # 10 seeds, both tasks, 1- and 5-shot:
+                                                               # about 30 min on 2 idle cores
+    python -m bench.quality.paired_seeds --seeds 5 --methods with_sc --tasks objects
+
+The full benchmark runs 3 seeds and judges a difference by the seeds' spread. A part whose effect is a
+few tenths of a point cannot show that way, however consistent: each seed draws its own few-shot pool,
+split and start, and those move every method's score together by more than the part does. Here both
+runs of a seed share all of that, so the paired difference (ablation − default) isolates the part; it
+is reported as its mean ± standard error with how many seeds went lower and higher.
+
+Results are cached like run_all's, in their own folder (the few-shot pools of seeds past the benchmark's
+three are new data); a changed trainer default needs --fresh.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.quality import pretrain_vlm
+from bench.quality.methods import METHODS
+from bench.quality.run_all import TASKS, Plan, load_test_pixels, run_job, setting_for_seed, settings_for
+from train.backbone import load_clip
+
+ABLATED = ("no_stage2", "with_sc")  # the parts that act on the prompts (run_all's FEW_SHOT_ABLATIONS)
+
+
+def run(plan: Plan, cache_root: Path, n_seeds: int, methods=ABLATED, log=print, fresh: bool = False
+        ) -> list[dict]:
+    """Every (task, few-shot setting, seed, method) of the plan's tasks with seeds 0..n_seeds-1, the
+    default included; returns one row per (task, setting, ablated method) with the paired statistics."""
+    checkpoint, _ = pretrain_vlm.ensure_vlm(plan.vlm, log=log, cache_root=cache_root)
+    clip = load_clip(plan.vlm.backbone, str(checkpoint))
+    seeds = list(range(n_seeds))
+    rows = []
+    for spec in plan.tasks:
+        config = replace(spec.config, seeds=tuple(seeds))  # a few-shot pool per seed
+        task = replace(spec, config=config).build(cache_root / f"task-{config.key()}")
+        task_dir = cache_root / f"paired-{plan.vlm.key()}" / spec.name
+        task_dir.mkdir(parents=True, exist_ok=True)
+        test_pixels = load_test_pixels(task, clip.preprocess, task_dir)
+        for setting in settings_for(task, plan):
+            if setting.name == "long-tailed":
+                continue
+            scores = {}
+            for seed in seeds:
+                for name in ("default", *methods):
+                    result, now = run_job(task_dir, config.key(), task, test_pixels, setting, METHODS[name], seed,
+                                          plan.vlm.backbone, str(checkpoint), fresh)
+                    scores.setdefault(name, {})[seed] = result["test"]["mAP"]
+                    if now:
+                        log(f"{spec.name} {setting.name} {name:10s} seed {seed}: test mAP {result['test']['mAP']:.1f}")
+            for name in methods:
+                rows.append({"task": spec.title, "setting": setting.name, "method": name}
+                            | paired(scores["default"], scores[name]))
+    return rows
+
+
+def paired(default: dict[int, float], ablated: dict[int, float]) -> dict:
+    """Seed-by-seed differences ablated − default: mean, standard error, and how many went each way
+    (a difference within 0.05 counts as neither)."""
+    seeds = sorted(set(default) & set(ablated))
+    diffs = np.array([ablated[s] - default[s] for s in seeds])
+    se = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else math.nan
+    return {"seeds": len(seeds), "default": float(np.mean([default[s] for s in seeds])),
+            "ablated": float(np.mean([ablated[s] for s in seeds])), "diff": float(diffs.mean()), "se": se,
+            "lower": int((diffs < -0.05).sum()), "higher": int((diffs > 0.05).sum())}
+
+
+def table(rows: list[dict]) -> list[str]:
+    lines = ["| task | setting | method | seeds | default | method | difference (± se) | lower / higher |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['task']} | {r['setting']} | {METHODS[r['method']].label} | {r['seeds']} | "
+                     f"{r['default']:.2f} | {r['ablated']:.2f} | {r['diff']:+.2f} ± {r['se']:.2f} | "
+                     f"{r['lower']} / {r['higher']} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality.paired_seeds", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1 [default: 10]")
+    parser.add_argument("--methods", default=",".join(ABLATED), help=f"comma-separated [default: {','.join(ABLATED)}]")
+    parser.add_argument("--tasks", default=",".join(t.name for t in TASKS), help="comma-separated: objects,hier")
+    parser.add_argument("--settings", default="1-shot,5-shot")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--fresh", action="store_true", help="run every job again")
+    args = parser.parse_args(argv)
+    unknown = [m for m in args.methods.split(",") if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    torch.set_num_threads(args.threads)
+    plan = Plan.full()
+    plan.tasks = tuple(t for t in TASKS if t.name in args.tasks.split(","))
+    plan.settings = args.settings.split(",")
+    rows = run(plan, pretrain_vlm.CACHE_ROOT, args.seeds, args.methods.split(","),
+               log=lambda line: print(line, flush=True), fresh=args.fresh)
+    print("\n".join(table(rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
