@@ -1,6 +1,6 @@
 """Regenerate the quality benchmark: stand-in VLM, tasks, every method × seed, docs/quality.md + plot.
 
-    python -m bench.quality.run_all            # the full benchmark (CPU: about 44 min on 2 idle cores)
+    python -m bench.quality.run_all            # the full benchmark (CPU: about 43 min on 2 idle cores)
     python -m bench.quality.run_all --quick    # smaller, baselines + default only: about 3.5 min
 
 Results are cached per (VLM, task, schedule, method, seed) under .cache/quality/, so an interrupted
