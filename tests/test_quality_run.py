@@ -10,7 +10,7 @@ from bench.quality import hier_task, paired_seeds, pretrain_vlm, run_all, tasks,
 from bench.quality.f1_at_thresholds import f1_table
 from bench.quality.methods import METHODS as METHODS_BY_NAME
 from bench.quality.methods import Schedule, scores_of_run
-from bench.quality.report import ablation_lines
+from bench.quality.report import ablation_lines, paired
 from train.metrics import f1_summary
 from train.runs import load_run
 
@@ -185,7 +185,7 @@ def test_paired_seeds_compares_each_seed_of_an_ablation_with_the_same_seed_of_th
 
 
 def test_paired_statistics_count_each_way_and_ignore_a_seed_one_side_lacks():
-    stats = paired_seeds.paired({0: 40.0, 1: 55.0, 2: 48.0, 3: 50.0}, {0: 39.0, 1: 55.5, 2: 48.0})
+    stats = paired({0: 40.0, 1: 55.0, 2: 48.0, 3: 50.0}, {0: 39.0, 1: 55.5, 2: 48.0})
     assert stats["seeds"] == 3 and stats["diff"] == pytest.approx(-0.5 / 3)
     assert (stats["lower"], stats["higher"]) == (1, 1)
     assert stats["default"] == pytest.approx(143 / 3) and stats["ablated"] == pytest.approx(142.5 / 3)

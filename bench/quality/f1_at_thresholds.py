@@ -24,14 +24,9 @@ import torch
 
 from bench.quality import pretrain_vlm, worlds
 from bench.quality.methods import scores_of_run
-from bench.quality.run_all import Plan, TaskSpec, load_test_pixels
+from bench.quality.run_all import Plan, TaskSpec, load_test_pixels, written_metrics
 from train import runs
-from train.metrics import (
-    bagged_thresholds,
-    calibrate_thresholds,
-    f1_summary,
-    precision_recall,
-)
+from train.metrics import bagged_thresholds, calibrate_thresholds, f1_summary
 from train.report import load_val_scores, val_targets
 
 
@@ -80,12 +75,10 @@ def _f1_row(run, run_dir: Path, pixels: np.ndarray, test_targets: np.ndarray) ->
     val, val_y = load_val_scores(run_dir, run.dataset), val_targets(run.dataset)
     # What the trainer stores now (a run cached before bagging stored the unbagged cut).
     thresholds = bagged_thresholds(val, val_y, run.labels, seed=run.config["train"]["seed"])
-    f1 = f1_summary(scores, test_targets, thresholds, run.labels)
-    precision, recall = precision_recall(scores, test_targets, thresholds, run.labels)
+    written = written_metrics(scores, test_targets, thresholds, run.labels)
     single, _ = calibrate_thresholds(val, val_y, run.labels)
     one = np.full(len(run.labels), global_threshold(val, val_y))
-    return (f1["f1_macro"], f1["f1_micro"], np.mean([p for p in precision if p is not None]),
-            np.mean([r for r in recall if r is not None]),
+    return (*(written[k] for k in ("f1_macro", "f1_micro", "precision_macro", "recall_macro")),
             f1_summary(scores, test_targets, single, run.labels)["f1_macro"],
             f1_summary(scores, test_targets, one, run.labels)["f1_macro"])
 

@@ -17,16 +17,15 @@ three are new data); a changed trainer default needs --fresh.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.quality import pretrain_vlm
 from bench.quality.methods import METHODS
-from bench.quality.run_all import TASKS, Plan, load_test_pixels, run_job, setting_for_seed, settings_for
+from bench.quality.report import paired
+from bench.quality.run_all import TASKS, Plan, load_test_pixels, run_job, settings_for
 from train.backbone import load_clip
 
 ABLATED = ("no_stage2", "with_sc")  # the parts that act on the prompts (run_all's FEW_SHOT_ABLATIONS)
@@ -61,17 +60,6 @@ def run(plan: Plan, cache_root: Path, n_seeds: int, methods=ABLATED, log=print, 
                 rows.append({"task": spec.title, "setting": setting.name, "method": name}
                             | paired(scores["default"], scores[name]))
     return rows
-
-
-def paired(default: dict[int, float], ablated: dict[int, float]) -> dict:
-    """Seed-by-seed differences ablated − default: mean, standard error, and how many went each way
-    (a difference within 0.05 counts as neither)."""
-    seeds = sorted(set(default) & set(ablated))
-    diffs = np.array([ablated[s] - default[s] for s in seeds])
-    se = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else math.nan
-    return {"seeds": len(seeds), "default": float(np.mean([default[s] for s in seeds])),
-            "ablated": float(np.mean([ablated[s] for s in seeds])), "diff": float(diffs.mean()), "se": se,
-            "lower": int((diffs < -0.05).sum()), "higher": int((diffs > 0.05).sum())}
 
 
 def table(rows: list[dict]) -> list[str]:

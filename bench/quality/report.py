@@ -130,13 +130,25 @@ def _seed_by_seed(results: list[dict], task: str, setting: str, method: str) -> 
     def by_seed(m):
         return {r["seed"]: r["test"]["mAP"] for r in results
                 if r["task"] == task and r["setting"] == setting and r["method"] == m}
-    ablated, default = by_seed(method), by_seed("default")
-    diffs = [ablated[s] - default[s] for s in sorted(set(ablated) & set(default))]
-    if len(diffs) < 2:
+    stats = paired(by_seed("default"), by_seed(method))
+    if stats["seeds"] < 2:
         return ""
-    lower, higher = sum(d < -0.05 for d in diffs), sum(d > 0.05 for d in diffs)
-    return (f"; seed by seed {min(diffs):+.1f} to {max(diffs):+.1f}, lower on {lower} and higher on {higher} "
-            f"of {len(diffs)}")
+    return (f"; seed by seed {stats['min']:+.1f} to {stats['max']:+.1f}, lower on {stats['lower']} and higher on "
+            f"{stats['higher']} of {stats['seeds']}")
+
+
+def paired(default: dict[int, float], ablated: dict[int, float]) -> dict:
+    """Seed-by-seed differences ablated − default over the seeds both have: their mean, standard error,
+    range, and how many went each way (a difference within 0.05 counts as neither)."""
+    seeds = sorted(set(default) & set(ablated))
+    diffs = np.array([ablated[s] - default[s] for s in seeds], dtype=float)
+    if not seeds:
+        return {"seeds": 0}
+    se = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else math.nan
+    return {"seeds": len(seeds), "default": float(np.mean([default[s] for s in seeds])),
+            "ablated": float(np.mean([ablated[s] for s in seeds])), "diff": float(diffs.mean()), "se": se,
+            "min": float(diffs.min()), "max": float(diffs.max()),
+            "lower": int((diffs < -0.05).sum()), "higher": int((diffs > 0.05).sum())}
 
 
 def table(results: list[dict], task: str, setting: str, methods: list[str]) -> list[str]:

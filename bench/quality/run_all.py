@@ -88,12 +88,19 @@ def test_set_metrics(scores: np.ndarray, targets: np.ndarray, groups: list[str],
         out[f"mAP_{g}"] = round(float(np.mean(chosen)), 3) if chosen else None
     out["ap"] = [None if np.isnan(a) else round(float(a), 3) for a in aps]
     if thresholds is not None:
-        f1 = f1_summary(scores, targets, thresholds, labels)
-        precision, recall = precision_recall(scores, targets, thresholds, labels)
-        out |= {"f1_macro": f1["f1_macro"], "f1_micro": f1["f1_micro"],
-                "precision_macro": round(float(np.mean([p for p in precision if p is not None])), 3),
-                "recall_macro": round(float(np.mean([r for r in recall if r is not None])), 3)}
+        out |= written_metrics(scores, targets, thresholds, labels)
     return out
+
+
+def written_metrics(scores: np.ndarray, targets: np.ndarray, thresholds: np.ndarray, labels: list[str] | None
+                    ) -> dict:
+    """F1 (macro, micro) and macro precision and recall (percent) of the tags written when each tag is cut
+    at its threshold and chosen children bring their vocabulary parents, as `tagger tag` decides."""
+    f1 = f1_summary(scores, targets, thresholds, labels)
+    precision, recall = precision_recall(scores, targets, thresholds, labels)
+    return {"f1_macro": f1["f1_macro"], "f1_micro": f1["f1_micro"],
+            "precision_macro": round(float(np.mean([p for p in precision if p is not None])), 3),
+            "recall_macro": round(float(np.mean([r for r in recall if r is not None])), 3)}
 
 
 def _key(*parts) -> str:
