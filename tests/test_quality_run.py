@@ -9,10 +9,10 @@ import torch
 from bench.quality import hier_task, paired_seeds, pretrain_vlm, run_all, tasks, world, worlds
 from bench.quality.f1_at_thresholds import f1_table
 from bench.quality.methods import METHODS as METHODS_BY_NAME
-from bench.quality.methods import Schedule, scores_of_run
+from bench.quality.methods import Schedule, scores_of_parts, scores_of_run
 from bench.quality.report import ablation_lines, paired
 from train.metrics import f1_summary
-from train.runs import load_run
+from train.runs import VALIDATED, load_run, validated_checkpoint
 
 METHODS = ["zero_shot", "linear_probe", "default", "no_kd", "with_sc"]
 
@@ -45,10 +45,11 @@ def test_every_job_leaves_test_metrics(toy_run):
     results = [json.loads(p.read_text()) for p in (root / "cache").glob("results-*/*/*/*/seed-*/result.json")]
     found = {(r["task"], r["setting"], r["method"]) for r in results}
     # Ablations run on the first task only, and only the few-shot ones (L_sc here) in its few-shot
-    # settings; zero-shot stands for every setting.
-    assert found == ({("objects", "long-tailed", m) for m in METHODS}
-                     | {("hier", "long-tailed", m) for m in METHODS if m not in ("no_kd", "with_sc")}
-                     | {(t, "1-shot", m) for t in ("objects", "hier") for m in ("zero_shot", "linear_probe", "default")}
+    # settings; zero-shot stands for every setting; every default job also leaves its validated model's row.
+    assert found == ({("objects", "long-tailed", m) for m in [*METHODS, "no_refit"]}
+                     | {("hier", "long-tailed", m) for m in [*METHODS, "no_refit"] if m not in ("no_kd", "with_sc")}
+                     | {(t, "1-shot", m) for t in ("objects", "hier")
+                        for m in ("zero_shot", "linear_probe", "default", "no_refit")}
                      | {("objects", "1-shot", "with_sc")})
     for r in results:
         assert 0 <= r["test"]["mAP"] <= 100 and len(r["test"]["ap"]) == (20 if r["task"] == "objects" else 45)
@@ -95,6 +96,24 @@ def test_a_result_holds_what_the_run_writes_at_its_own_thresholds(toy_run):
     assert "f1_macro" not in json.loads((task_dir / "long-tailed/zero_shot/seed-0/result.json").read_text())["test"]
 
 
+def test_the_no_refit_row_is_the_default_jobs_validated_model(toy_run):
+    # Catches: the row read off the refit model (best.pt), or off nothing: the ablations are held to it.
+    root, _, _ = toy_run
+    refits = 0
+    for spec in toy_plan().tasks:
+        task = spec.build(root / "cache" / f"task-{spec.config.key()}")
+        task_dir = next((root / "cache").glob(f"results-*/{spec.name}"))
+        for setting in ("long-tailed", "1-shot"):
+            run_dir = task_dir / setting / "default/seed-0/run"
+            refits += (run_dir / VALIDATED).is_file()
+            validated = load_run(run_dir, validated_checkpoint(run_dir).name)
+            pixels = run_all.load_test_pixels(task, validated.preprocess, task_dir)
+            expected = run_all.test_set_metrics(scores_of_parts(validated.parts, pixels), task.test.targets, task.groups)
+            row = json.loads((task_dir / setting / "no_refit/seed-0/result.json").read_text())
+            assert row["test"]["mAP"] == expected["mAP"] and row["method"] == "no_refit"
+    assert refits >= 1  # the refit branch is exercised, not only runs that kept the untrained model
+
+
 def test_report_states_targets_tables_and_command(toy_run):
     root, summary, _ = toy_run
     text = (root / "docs" / "quality.md").read_text()
@@ -103,8 +122,11 @@ def test_report_states_targets_tables_and_command(toy_run):
     assert "| F1 at its thresholds | precision / recall |" in text and "what gets written" in text
     assert "long-tailed, overall: default" in text and "the +3 target" in text
     assert "1-shot: default" in text and "vs zero-shot" in text
-    assert "**− L_kd** vs the default" in text
-    assert "**+ L_sc (paper; off by default)** vs the default, 1-shot" in text and "| + L_sc (paper; off by default) | " in text
+    # Ablations (run without the refit) are held to the default's validated model; the refit to it too.
+    validated = "vs the default's validated model (no refit either)"
+    assert f"**− L_kd** {validated}" in text
+    assert f"**+ L_sc (paper; off by default)** {validated}, 1-shot" in text and "| + L_sc (paper; off by default) | " in text
+    assert "| − refit (the validated model: `--no-refit`) |" in text and "**− refit (the validated model" in text
     assert "## Task A: long-tailed" in text and "## Task B: long-tailed" in text and "few-shot" in text
     try:
         import matplotlib  # noqa: F401
@@ -145,16 +167,21 @@ def _result(method: str, seed: int, mAP: float) -> dict:
 def test_a_side_ablation_runs_on_the_first_seed_and_is_compared_with_that_seed_of_the_default(tmp_path):
     side, part = METHODS_BY_NAME["kd_paper"], METHODS_BY_NAME["no_kd"]
     assert side.seeds([0, 1, 2]) == [0] and part.seeds([0, 1, 2]) == [0, 1, 2]
+    # Stage 2 is a part where photos are few, a settled side question long-tailed.
+    prompts = METHODS_BY_NAME["no_stage2"]
+    assert prompts.seeds([0, 1, 2], "long-tailed") == [0] and prompts.seeds([0, 1, 2], "5-shot") == [0, 1, 2]
+    assert "kd_paper" not in run_all.Plan.full().methods and "no_kd" in run_all.Plan.full().methods
     # Results the method's older, all-seed runs left behind are dropped, not reported beside the new one.
     folder = tmp_path / "kd_paper"
     for seed in (0, 1, 2):
         (folder / f"seed-{seed}").mkdir(parents=True)
     run_all._drop_unplanned_seeds(folder, side.seeds([0, 1, 2]), [0, 1, 2])
     assert sorted(p.name for p in folder.iterdir()) == ["seed-0"]
-    # Seed 0 of the default scores 40; its mean over three seeds is 50. The one-seed ablation at 41
-    # is better than the default's seed 0, not worse than its mean.
-    results = [_result("default", 0, 40.0), _result("default", 1, 55.0), _result("default", 2, 55.0),
-               _result("kd_paper", 0, 41.0)]
+    # Seed 0 of the validated default (what an ablation, run without the refit, is held to) scores 40;
+    # its mean over three seeds is 50. The one-seed ablation at 41 is better than seed 0, not worse than
+    # the mean; the refit default's own runs do not enter.
+    results = [_result("no_refit", 0, 40.0), _result("no_refit", 1, 55.0), _result("no_refit", 2, 55.0),
+               _result("default", 0, 60.0), _result("kd_paper", 0, 41.0)]
     (line,) = ablation_lines(results, "objects", ("kd_paper",))
     assert "(seed 0 only)" in line and "**better** (+1.0 mAP" in line
 
@@ -162,7 +189,7 @@ def test_a_side_ablation_runs_on_the_first_seed_and_is_compared_with_that_seed_o
 def test_an_ablation_line_pairs_the_seeds():
     """Seeds spread 40 to 55, so the spread rule sees no difference; seed by seed the ablation is lower
     every time, and the line says so."""
-    results = [_result("default", s, m) for s, m in ((0, 40.0), (1, 55.0), (2, 48.0))] \
+    results = [_result("no_refit", s, m) for s, m in ((0, 40.0), (1, 55.0), (2, 48.0))] \
         + [_result("no_stage2", s, m) for s, m in ((0, 39.0), (1, 54.5), (2, 47.9))]
     (line,) = ablation_lines(results, "objects", ("no_stage2",))
     assert "**no clear difference**" in line
@@ -176,8 +203,10 @@ def test_paired_seeds_compares_each_seed_of_an_ablation_with_the_same_seed_of_th
     (row,) = paired_seeds.run(plan, root / "cache", 2, ("with_sc",), log=lambda line: None)
     results = {(r["method"], r["seed"]): r["test"]["mAP"] for r in map(
         lambda p: json.loads(p.read_text()), (root / "cache").glob("paired-*/objects/1-shot/*/seed-*/result.json"))}
-    assert sorted(results) == [("default", 0), ("default", 1), ("with_sc", 0), ("with_sc", 1)]
-    diffs = [results["with_sc", s] - results["default", s] for s in (0, 1)]
+    # The default's jobs leave its validated model too, which an ablation (run without the refit) is held to.
+    assert sorted(results) == [("default", 0), ("default", 1), ("no_refit", 0), ("no_refit", 1), ("with_sc", 0),
+                               ("with_sc", 1)]
+    diffs = [results["with_sc", s] - results["no_refit", s] for s in (0, 1)]
     assert row["seeds"] == 2 and row["diff"] == pytest.approx(np.mean(diffs))
     assert row["se"] == pytest.approx(np.std(diffs, ddof=1) / np.sqrt(2))
     # Seeds past the benchmark's own draw their own few-shot pools.

@@ -14,7 +14,7 @@ from train import trainer as trainer_module  # noqa: E402
 from train.backbone import load_clip  # noqa: E402
 from train.losses import make_loss  # noqa: E402
 from train.model import HPDVAL, score_images  # noqa: E402
-from train.runs import load_checkpoint, load_run  # noqa: E402
+from train.runs import load_checkpoint, load_run, validated_checkpoint  # noqa: E402
 from train.synthetic import generate_dataset  # noqa: E402
 
 TINY = str(Path(__file__).resolve().parents[1] / "train" / "model_configs" / "tagger-tiny.json")
@@ -75,8 +75,10 @@ def test_training_beats_the_untrained_model(synthetic, tmp_path):
     assert len(metrics["history"]) == 35 and {h["stage"] for h in metrics["history"]} == {1, 2}
     assert len(metrics["thresholds"]) == len(synthetic.tags)
 
-    # The run as export sees it: scores recomputed here give the same mAP as metrics.json.
-    run = load_run(out)
+    # The validated model, as export would see it: scores recomputed here give the same mAP as
+    # metrics.json. What export gets is its recipe refit on all 300 photos (validation ones too).
+    assert load_run(out).summary["refit_images"] == 300
+    run = load_run(out, validated_checkpoint(out).name)
     assert run.labels == synthetic.tags
     images = run.validation_images()
     index = {t: i for i, t in enumerate(run.labels)}

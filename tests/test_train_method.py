@@ -17,7 +17,7 @@ from train.config import TrainConfig  # noqa: E402
 from train.losses import make_loss  # noqa: E402
 from train.model import HPDVAL, HPDVALConfig, dual_view_logits  # noqa: E402
 from train.prepare import Prepared  # noqa: E402
-from train.runs import load_checkpoint, load_run  # noqa: E402
+from train.runs import load_checkpoint, load_run, validated_checkpoint  # noqa: E402
 from train.stages import Trainer  # noqa: E402
 from train.synthetic import generate_dataset  # noqa: E402
 
@@ -129,7 +129,7 @@ def test_validation_scores_are_the_exported_scores_with_the_class_bias(synthetic
     # would not notice, the calibrated thresholds would be wrong for the exported model.
     out = tmp_path / "run"
     _train(synthetic, out, "--pretrained", checkpoint, "--loss", "dbstar", "--epochs", 2, "--stage2-epochs", 1)
-    run = load_run(out)
+    run = load_run(out, validated_checkpoint(out).name)  # the model the thresholds were calibrated on
     assert float(run.parts.class_bias.abs().max()) > 0.05
     from train.metrics import bagged_thresholds
     from train.model import score_images

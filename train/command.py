@@ -110,6 +110,8 @@ def _parse_stages(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--no-wise-ft", is_flag=True, help="Do not try the stage 1 student mixed with the pretrained one.")
 @click.option("--ema", type=click.FloatRange(0.0, 1.0, max_open=True), default=None,
               help="EMA decay for the stage 1 student [default: 0, off; 0.998 as the official code].")
+@click.option("--refit/--no-refit", default=True, help="After selection, train the picked recipe again on every "
+              "labelled photo, validation photos too [default: on; about twice the training time; docs/training.md].")
 @click.option("--select-window", type=click.IntRange(1, 2), default=None,
               help="Select an epoch on the mean validation mAP of it and the epoch before (2), or on its own "
                    "(1) [default: 2: one epoch's spike on a few validation photos is not an optimum].")

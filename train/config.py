@@ -72,6 +72,9 @@ class TrainConfig:
     sc_branch: str = "global"  # which learned prompts L_sc ties to P_H: global (paper) | local (code)
     wise_ft: bool = True  # after stage 1, also try the student mixed with the pretrained one (WiSE-FT)
     ema: float = 0.0  # EMA decay of the student in stage 1 (0: off; the official code uses 0.998)
+    # After selection, train the picked recipe again on the training and validation photos together
+    # (train.trainer.refit): task A +0.8 mAP, task B +0.4 on the quality benchmark (docs/training.md).
+    refit: bool = True
     select_window: int = 2  # an epoch is selected on the mean validation mAP of it and the one before (1: its own)
     train_blocks: int = 0  # stage 1 trains only the last N transformer blocks (0: all)
     augment: bool = True

@@ -82,7 +82,8 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 def load_val_scores(run_dir: Path, dataset: dict) -> np.ndarray:
-    """The best model's validation scores: saved by `tagger train`, else computed from best.pt."""
+    """The validated model's scores on the validation photos: saved by `tagger train`, else computed from
+    its checkpoint (best.pt, or validated.pt after a refit, whose best.pt has seen these photos)."""
     path = run_dir / runs.VAL_SCORES
     if path.is_file():
         scores = np.load(path)
@@ -92,7 +93,7 @@ def load_val_scores(run_dir: Path, dataset: dict) -> np.ndarray:
 
     from train.model import score_images
 
-    run = runs.load_run(run_dir)
+    run = runs.load_run(run_dir, runs.validated_checkpoint(run_dir).name)
     images = run.validation_images()
     parts = []
     with torch.no_grad():

@@ -2,7 +2,10 @@
 
     RUN_DIR/config.json     the training config, the backbone's architecture and preprocessing
     RUN_DIR/dataset.json    labels, the train/validation split (photos and tags), what was skipped
-    RUN_DIR/best.pt         the checkpoint validation picked (weights without the teacher)
+    RUN_DIR/best.pt         the model to export (weights without the teacher): validation's pick, or
+                            its recipe trained again on every labelled photo (the refit, train.trainer)
+    RUN_DIR/validated.pt    validation's pick itself, trained on the training split, kept after a refit:
+                            the model the thresholds and validation figures belong to
     RUN_DIR/last.pt         the latest epoch, optimizer included: what --resume continues from
     RUN_DIR/metrics.json    validation mAP total/head/medium/tail, per-tag AP/F1/threshold, history
     RUN_DIR/val_scores.npy  the best checkpoint's validation scores [N_val, C] (for report.html)
@@ -32,6 +35,7 @@ DATASET = "dataset.json"
 METRICS = "metrics.json"
 BEST = "best.pt"
 LAST = "last.pt"
+VALIDATED = "validated.pt"
 CACHE_DIR = "cache"
 VAL_SCORES = "val_scores.npy"  # the best model's scores on the validation photos, dataset.json "val" order
 REPORT = "report.html"
@@ -71,6 +75,13 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
+
+
+def validated_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint the validation figures and thresholds belong to: validated.pt after a refit,
+    else best.pt (validation's pick is then the model itself)."""
+    validated = Path(run_dir) / VALIDATED
+    return validated if validated.is_file() else Path(run_dir) / BEST
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -126,8 +137,9 @@ class LoadedRun:
         return out
 
 
-def load_run(run_dir: str | Path) -> LoadedRun:
-    """The best checkpoint of a finished run, ready for export; a clear RunError for anything else."""
+def load_run(run_dir: str | Path, checkpoint: str = BEST) -> LoadedRun:
+    """A finished run's model to export (best.pt; `checkpoint` names another, validated.pt say), ready
+    for export; a clear RunError for anything else."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunError(run_dir, "run folder not found")
@@ -143,11 +155,11 @@ def load_run(run_dir: str | Path) -> LoadedRun:
     metrics = read_json(run_dir / METRICS)
     check_aligned(run_dir, dataset["labels"], metrics)
     model = rebuild_model(config, dataset["labels"])
-    state = load_checkpoint(run_dir / BEST)
+    state = load_checkpoint(run_dir / checkpoint)
     try:
         model.load_state_dict(state["model"], strict=True)
     except (KeyError, RuntimeError) as exc:
-        raise RunError(run_dir / BEST, f"checkpoint does not match the run's config: {str(exc).splitlines()[0]}") from None
+        raise RunError(run_dir / checkpoint, f"checkpoint does not match the run's config: {str(exc).splitlines()[0]}") from None
     model.eval().requires_grad_(False)
     preprocess = Preprocess.from_dict(config["model"]["preprocess"])
     return LoadedRun(run_dir=run_dir, model=model, parts=model.export_parts(), labels=list(dataset["labels"]),
@@ -196,6 +208,7 @@ def model_summary(config: dict, dataset: dict, metrics: dict) -> dict:
         "created": (metrics.get("finished") or _dt.date.today().isoformat())[:10],
         "method": "HP-DVAL",
         "train_images": len(dataset["train"]),
+        **({"refit_images": metrics["refit"]["photos"]} if metrics.get("refit") else {}),
         "val_images": len(dataset["val"]),
         "positives": {t["tag"]: t["train_positives"] for t in metrics["tags"]},
         "val_mAP": {"total": val["mAP"], "head": val["mAP_head"], "medium": val["mAP_medium"],

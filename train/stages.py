@@ -111,6 +111,7 @@ class Trainer:
         # The selected candidate: its selection score (`_trajectory_score`) and its own validation mAP.
         self.best: dict = {"score": -math.inf, "mAP": None, "stage": None, "epoch": None}
         self.before: dict | None = None
+        self.stage2_from: dict | None = None  # the candidate stage 2 started from (what a refit retraces)
         self.state: dict = {"stage": 0, "epoch": 0}  # last completed (stage, epoch)
         self.timings: dict = {}
         self.train_targets = torch.from_numpy(data.targets[data.train_idx].astype(np.float32))
@@ -171,7 +172,7 @@ class Trainer:
             "optimizer": optimizer.state_dict() if optimizer else None,
             "scheduler": scheduler.state_dict() if scheduler else None,
             "ema": ema.shadow if ema else None,
-            "best": self.best, "history": self.history, "before": self.before,
+            "best": self.best, "history": self.history, "before": self.before, "stage2_from": self.stage2_from,
         })
         return improved
 
@@ -196,6 +197,7 @@ class Trainer:
     def restore(self, payload: dict) -> dict:
         load_model_state(self.model, payload["model"])
         self.best, self.history, self.before = payload["best"], payload["history"], payload["before"]
+        self.stage2_from = payload.get("stage2_from")
         self.best.setdefault("score", self.best["mAP"])  # a run from before selection had a score of its own
         self.state = {"stage": payload["stage"], "epoch": payload["epoch"]}
         return payload
@@ -223,6 +225,29 @@ class Trainer:
     # -- stage 1 -------------------------------------------------------------------------------------
     def stage1(self, resume: dict | None) -> None:
         cfg, model, device = self.cfg, self.model, self.device
+        optimizer, scheduler, ema, use_kd = self._stage1_setup()
+        start = 1
+        if resume is not None and resume["stage"] == 1:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+            if ema is not None and resume.get("ema"):
+                ema.shadow = resume["ema"]
+            start = resume["epoch"] + 1
+        for epoch in range(start, cfg.epochs + 1):
+            loss, count, seconds = self._stage1_epoch(epoch, optimizer, scheduler, ema, use_kd)
+            with ema.applied(model.student) if ema is not None else contextlib.nullcontext():
+                summary, _ = evaluate(model, self.data, device, self._eval_batch())
+            self._record(1, epoch, loss, summary, seconds, count)
+            improved = self._save(1, epoch, optimizer, scheduler, ema, summary)
+            self._log_epoch(1, epoch, cfg.epochs, loss, summary, improved, seconds, count)
+        if ema is not None:  # stage 2 and the mixes start from the averaged student
+            model.student.load_state_dict(ema.shadow, strict=False)
+        if cfg.wise_ft and cfg.epochs > 0:
+            self.wise_ft()
+
+    def _stage1_setup(self):
+        """(optimizer, scheduler, EMA or None, whether L_kd is on) for stage 1, its parameters unfrozen."""
+        cfg, model = self.cfg, self.model
         params = model.set_stage(1)
         if cfg.train_blocks > 0:
             params = self._last_blocks_only(cfg.train_blocks)
@@ -231,45 +256,33 @@ class Trainer:
         total_steps = cfg.epochs * steps_per_epoch(len(self.data.train_idx), cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
         ema = EMA(model.student, cfg.ema) if cfg.ema > 0 else None
-        start = 1
-        if resume is not None and resume["stage"] == 1:
-            optimizer.load_state_dict(resume["optimizer"])
-            scheduler.load_state_dict(resume["scheduler"])
-            if ema is not None and resume.get("ema"):
-                ema.shadow = resume["ema"]
-            start = resume["epoch"] + 1
         use_kd = cfg.kd and model.teacher is not None and cfg.kd_weight > 0
         self.stage1_forward = self.dist.wrap(model, self.stage1_loss)
-        for epoch in range(start, cfg.epochs + 1):
-            rng, gen = epoch_rng(cfg.seed, 1, epoch)
-            model.train()
-            if model.teacher is not None:
-                model.teacher.eval()
-            started, total, count = time.perf_counter(), 0.0, 0
-            bar = tqdm(batches(len(self.data.train_idx), cfg.batch_size, rng), desc=f"stage 1 epoch {epoch}/{cfg.epochs}",
-                       unit="batch", leave=False, disable=None if self.progress else True)
-            for batch in bar:
-                mine, offset = self.dist.shard(batch)  # all of it in one process
-                images = torch.from_numpy(self.data.cache.get(self.data.train_idx[mine]))
-                loss = self.stage1_step(images, self.train_targets[mine], gen, optimizer, use_kd,
-                                        part=(offset, len(batch)))
-                scheduler.step()
-                if ema is not None:
-                    ema.update(model.student)
-                total += loss * len(mine)
-                count += len(mine)
-                bar.set_postfix(loss=f"{total / count:.4f}")
-            total, count = self.dist.sum(total), int(self.dist.sum(count))
-            seconds = time.perf_counter() - started
-            with ema.applied(model.student) if ema is not None else contextlib.nullcontext():
-                summary, _ = evaluate(model, self.data, device, self._eval_batch())
-            self._record(1, epoch, total / max(count, 1), summary, seconds, count)
-            improved = self._save(1, epoch, optimizer, scheduler, ema, summary)
-            self._log_epoch(1, epoch, cfg.epochs, total / max(count, 1), summary, improved, seconds, count)
-        if ema is not None:  # stage 2 and the mixes start from the averaged student
-            model.student.load_state_dict(ema.shadow, strict=False)
-        if cfg.wise_ft and cfg.epochs > 0:
-            self.wise_ft()
+        return optimizer, scheduler, ema, use_kd
+
+    def _stage1_epoch(self, epoch: int, optimizer, scheduler, ema: EMA | None, use_kd: bool) -> tuple[float, int, float]:
+        """One pass over the training photos; returns (mean loss, photos, seconds)."""
+        cfg, model = self.cfg, self.model
+        rng, gen = epoch_rng(cfg.seed, 1, epoch)
+        model.train()
+        if model.teacher is not None:
+            model.teacher.eval()
+        started, total, count = time.perf_counter(), 0.0, 0
+        bar = tqdm(batches(len(self.data.train_idx), cfg.batch_size, rng), desc=f"stage 1 epoch {epoch}/{cfg.epochs}",
+                   unit="batch", leave=False, disable=None if self.progress else True)
+        for batch in bar:
+            mine, offset = self.dist.shard(batch)  # all of it in one process
+            images = torch.from_numpy(self.data.cache.get(self.data.train_idx[mine]))
+            loss = self.stage1_step(images, self.train_targets[mine], gen, optimizer, use_kd,
+                                    part=(offset, len(batch)))
+            scheduler.step()
+            if ema is not None:
+                ema.update(model.student)
+            total += loss * len(mine)
+            count += len(mine)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        total, count = self.dist.sum(total), int(self.dist.sum(count))
+        return total / max(count, 1), count, time.perf_counter() - started
 
     def stage1_loss(self, pixels: torch.Tensor, targets: torch.Tensor, use_kd: bool) -> dict[str, torch.Tensor]:
         """The stage 1 loss terms on normalized pixels: L_cls against P_H in both views, and L_kd."""
@@ -320,13 +333,10 @@ class Trainer:
         student is left at the fine-tuned weights; stage 2 starts from best.pt. A q2l head mixes toward
         its start (a zero residual) with the same w.
         """
-        tuned = {name: {k: v.detach().clone() for k, v in module.state_dict().items()}
-                 for name, module in self.mixed.items()}
+        tuned = self._tuned()
         try:
             for w in WISE_FT_MIXES:
-                for name, module in self.mixed.items():
-                    module.load_state_dict({k: torch.lerp(self.starts[name][k].to(v.device, v.dtype), v, w)
-                                            if v.is_floating_point() else v for k, v in tuned[name].items()})
+                self._load_mix(tuned, w)
                 started = time.perf_counter()
                 summary, _ = evaluate(self.model, self.data, self.device, self._eval_batch())
                 improved = self._consider(1, self.cfg.epochs, summary, self.model.inference_state_dict(), wise_ft=w)
@@ -335,6 +345,17 @@ class Trainer:
         finally:
             for name, module in self.mixed.items():
                 module.load_state_dict(tuned[name])
+
+    def _tuned(self) -> dict[str, dict[str, torch.Tensor]]:
+        """A copy of the weights stage 1 trained (the tower, and the head if any)."""
+        return {name: {k: v.detach().clone() for k, v in module.state_dict().items()} for name, module in self.mixed.items()}
+
+    @torch.no_grad()
+    def _load_mix(self, tuned: dict[str, dict[str, torch.Tensor]], w: float) -> None:
+        """θ = (1 − w)·θ_start + w·θ_tuned into the trained modules."""
+        for name, module in self.mixed.items():
+            module.load_state_dict({k: torch.lerp(self.starts[name][k].to(v.device, v.dtype), v, w)
+                                    if v.is_floating_point() else v for k, v in tuned[name].items()})
 
     # -- stage 2 -------------------------------------------------------------------------------------
     def stage2(self, resume: dict | None) -> None:
@@ -350,36 +371,45 @@ class Trainer:
         n_photos, seconds = len(self.data.train_idx) + len(self.data.val_idx), time.perf_counter() - started
         self.timings["stage2_features_images_per_s"] = round(n_photos / max(seconds, 1e-9), 2)
         self.log(f"stage 2: features of {n_photos} photos in {seconds:.1f}s")
-        params = model.set_stage(2)
-        optimizer = make_optimizer(params, cfg.stage2_lr, 0.0)
-        total_steps = cfg.stage2_epochs * steps_per_epoch(len(self.data.train_idx), cfg.batch_size)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+        optimizer, scheduler = self._stage2_setup()
         if start > 1:
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict(resume["scheduler"])
-        f_cls_all, f_patch_all = train_features
         for epoch in range(start, cfg.stage2_epochs + 1):
-            rng, _ = epoch_rng(cfg.seed, 2, epoch)
-            model.train()
-            started, total, count = time.perf_counter(), 0.0, 0
-            bar = tqdm(batches(len(self.data.train_idx), cfg.batch_size, rng), desc=f"stage 2 epoch {epoch}/{cfg.stage2_epochs}",
-                       unit="batch", leave=False, disable=None if self.progress else True)
-            for idx in bar:
-                targets = self.train_targets[idx].to(device)
-                with autocast(device):
-                    loss = sum(self.stage2_loss(f_cls_all[idx].to(device), f_patch_all[idx].to(device), targets).values())
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                total += float(loss.detach()) * len(idx)
-                count += len(idx)
-                bar.set_postfix(loss=f"{total / count:.4f}")
-            seconds = time.perf_counter() - started
+            loss, count, seconds = self._stage2_epoch(epoch, optimizer, scheduler, train_features)
             summary, _ = evaluate(model, self.data, device, batch, features=val_features)
-            self._record(2, epoch, total / max(count, 1), summary, seconds, count)
+            self._record(2, epoch, loss, summary, seconds, count)
             improved = self._save(2, epoch, optimizer, scheduler, None, summary)
-            self._log_epoch(2, epoch, cfg.stage2_epochs, total / max(count, 1), summary, improved, seconds, count)
+            self._log_epoch(2, epoch, cfg.stage2_epochs, loss, summary, improved, seconds, count)
+
+    def _stage2_setup(self):
+        """(optimizer, scheduler) for stage 2, the prompt contexts and the tag bias unfrozen."""
+        params = self.model.set_stage(2)
+        optimizer = make_optimizer(params, self.cfg.stage2_lr, 0.0)
+        total_steps = self.cfg.stage2_epochs * steps_per_epoch(len(self.data.train_idx), self.cfg.batch_size)
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+
+    def _stage2_epoch(self, epoch: int, optimizer, scheduler, train_features) -> tuple[float, int, float]:
+        """One pass over the training photos' cached features; returns (mean loss, photos, seconds)."""
+        cfg, model, device = self.cfg, self.model, self.device
+        f_cls_all, f_patch_all = train_features
+        rng, _ = epoch_rng(cfg.seed, 2, epoch)
+        model.train()
+        started, total, count = time.perf_counter(), 0.0, 0
+        bar = tqdm(batches(len(self.data.train_idx), cfg.batch_size, rng), desc=f"stage 2 epoch {epoch}/{cfg.stage2_epochs}",
+                   unit="batch", leave=False, disable=None if self.progress else True)
+        for idx in bar:
+            targets = self.train_targets[idx].to(device)
+            with autocast(device):
+                loss = sum(self.stage2_loss(f_cls_all[idx].to(device), f_patch_all[idx].to(device), targets).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        return total / max(count, 1), count, time.perf_counter() - started
 
     def stage2_loss(self, f_cls: torch.Tensor, f_patch: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """The stage 2 loss terms on cached features: L_cls with the learned prompts (P_G global, P_L
@@ -390,3 +420,27 @@ class Trainer:
         if cfg.sc and cfg.sc_weight > 0:
             terms["sc"] = cfg.sc_weight * model.consistency_loss(P_G, P_L, cfg.sc_branch)
         return terms
+
+    # -- replay ----------------------------------------------------------------------------------------
+    def replay(self, pick: dict, stage2_from: dict | None) -> None:
+        """Train a picked candidate's recipe again, validating nothing (the refit on every labelled photo,
+        train.trainer): stage 1 up to the picked epoch (every epoch and then the mix, for a WiSE-FT pick);
+        for a stage 2 pick, first the candidate stage 2 started from, then stage 2 up to the picked epoch.
+        The schedules are the validated run's: the same epochs, rates and cosine decay."""
+        first = stage2_from if pick["stage"] == 2 else pick
+        if first is not None and first["stage"] == 1:
+            optimizer, scheduler, ema, use_kd = self._stage1_setup()
+            last = self.cfg.epochs if "wise_ft" in first else first["epoch"]
+            for epoch in range(1, last + 1):
+                loss, count, seconds = self._stage1_epoch(epoch, optimizer, scheduler, ema, use_kd)
+                self.log(f"refit stage 1 epoch {epoch}/{last}: loss {loss:.4f}, {count / max(seconds, 1e-9):.1f} img/s")
+            if ema is not None:
+                self.model.student.load_state_dict(ema.shadow, strict=False)
+            if "wise_ft" in first:
+                self._load_mix(self._tuned(), first["wise_ft"])
+        if pick["stage"] == 2:
+            features = extract_features(self.model, self.data.cache, self.data.train_idx, self._eval_batch(), self.device)
+            optimizer, scheduler = self._stage2_setup()
+            for epoch in range(1, pick["epoch"] + 1):
+                loss, _, _ = self._stage2_epoch(epoch, optimizer, scheduler, features)
+                self.log(f"refit stage 2 epoch {epoch}/{pick['epoch']}: loss {loss:.4f}")

@@ -31,6 +31,7 @@ from bench.quality.methods import (
     BASELINES,
     FEW_SHOT_ABLATIONS,
     METHODS,
+    SIDE_ABLATIONS,
     Method,
     Schedule,
     Setting,
@@ -51,6 +52,8 @@ FEW_SHOT_SCHEDULES = {1: Schedule(val_fraction=0.5), 5: Schedule(val_fraction=0.
 QUICK_LONG_TAILED = Schedule(val_fraction=0.2, epochs=8, stage2_epochs=5)
 QUICK_FEW_SHOT = {1: Schedule(val_fraction=0.5, epochs=20, stage2_epochs=10),
                   5: Schedule(val_fraction=0.5, epochs=10, stage2_epochs=5)}
+# Rows read off another method's jobs: the default's validated model, before its refit (validated.pt).
+VALIDATED_ROW = {"default": "no_refit"}
 FEW_SHOT_METHODS = ("zero_shot", "linear_probe", "coop", "plain_ft", "default", *ALTERNATIVES)
 
 
@@ -123,7 +126,7 @@ class Plan:
     @classmethod
     def full(cls) -> "Plan":
         return cls(pretrain_vlm.PretrainConfig(), TASKS, LONG_TAILED, FEW_SHOT_SCHEDULES, [0, 1, 2],
-                   list(METHODS), ["long-tailed", "1-shot", "5-shot"])
+                   [m for m in METHODS if m not in SIDE_ABLATIONS], ["long-tailed", "1-shot", "5-shot"])
 
     @classmethod
     def quick_plan(cls) -> "Plan":
@@ -159,7 +162,7 @@ def load_test_pixels(task: tasks.Task, preprocess, cache: Path) -> np.ndarray:
 
 def methods_for(spec: TaskSpec, setting: str, plan: Plan) -> list[str]:
     if setting == "long-tailed":
-        wanted = [*BASELINES, "default", *ALTERNATIVES, *(ABLATIONS if spec.ablations else ())]
+        wanted = [*BASELINES, "default", *ALTERNATIVES, *((*ABLATIONS, *SIDE_ABLATIONS) if spec.ablations else ())]
     else:
         wanted = [m for m in FEW_SHOT_METHODS if not m.startswith("zero_shot")]  # zero-shot: copied below
         wanted += list(FEW_SHOT_ABLATIONS) if spec.ablations else []
@@ -185,9 +188,10 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
         for setting in settings_for(task, plan):
             for name in methods_for(spec, setting.name, plan):
                 method = METHODS[name]
-                for seed in method.seeds(plan.seeds):
+                runs_on = method.seeds(plan.seeds, setting.name)
+                for seed in runs_on:
                     jobs.append((spec, setting, method, seed))
-                _drop_unplanned_seeds(results_dir / spec.name / setting.name / name, method.seeds(plan.seeds), plan.seeds)
+                _drop_unplanned_seeds(results_dir / spec.name / setting.name / name, runs_on, plan.seeds)
     ran = 0
     log(f"{len(jobs)} runs on {', '.join(built)}; seeds {plan.seeds}; results in {results_dir}")
     for n, (spec, setting, method, seed) in enumerate(jobs, 1):
@@ -251,6 +255,14 @@ def run_job(task_dir: Path, task_key: str, task: tasks.Task, test_pixels: np.nda
                                        outcome.labels)}
     folder.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2))
+    if method.name in VALIDATED_ROW and outcome.validated_scores is not None:
+        # The same job's validated model (before its refit), at the same thresholds: a row of its own.
+        derived = task_dir / setting.name / VALIDATED_ROW[method.name] / f"seed-{seed}"
+        derived.mkdir(parents=True, exist_ok=True)
+        (derived / "result.json").write_text(json.dumps(result | {
+            "method": VALIDATED_ROW[method.name],
+            "test": test_set_metrics(outcome.validated_scores, task.test.targets, task.groups, outcome.thresholds,
+                                     outcome.labels)}, indent=2))
     return result, True
 
 
