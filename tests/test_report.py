@@ -110,6 +110,10 @@ def test_train_writes_a_report_with_the_metrics_plots_and_thumbnails(trained):
         assert (ap, precision, recall, f1) == (fmt(t["ap"]), fmt(t["precision"]), fmt(t["recall"]), fmt(t["f1"]))
         assert threshold == fmt(t["threshold"], 3)
     assert any(t["precision"] is not None and t["recall"] is not None for t in metrics["tags"])
+    # The page says its figures are the validated model's when what gets exported is the refit.
+    refit = f"trained again on all {metrics['refit']['photos']} photos" if metrics.get("refit") else None
+    assert refit is None or refit in report.read_text()
+    assert metrics.get("refit") or metrics["best"]["stage"] == 0  # the run refit unless nothing was trained
 
     # The three plots, inline PNGs that decode.
     plots = {alt: src for alt, src in page.images.items() if src.startswith("data:image/png;base64,")}

@@ -113,3 +113,21 @@ def test_a_parent_left_to_its_children_stays_above_every_validation_score():
     from train.metrics import _max_f1_cuts
     cuts, _ = _max_f1_cuts(scores, targets, labels, np.ones((1, n)) - np.eye(n)[[n - 1]])
     assert cuts[0, 0] > scores[:, 0].max()
+
+
+def test_a_carried_threshold_lets_through_as_many_photos_as_before():
+    # Catches: a threshold carried by value (the refit's scores sit elsewhere), or by a share computed
+    # on one model and applied to the other the wrong way round.
+    from train.metrics import carried_thresholds
+    rng = np.random.default_rng(0)
+    before = rng.random((50, 3))
+    after = before ** 3  # the same order, every score lower: the validated cuts would pass fewer photos
+    t = np.array([0.7, 0.2, 1.5])  # the third passes nothing (a parent left to its children)
+    out = carried_thresholds(t, before, after)
+    for c in range(3):
+        assert (after[:, c] >= out[c]).sum() == (before[:, c] >= t[c]).sum()
+    assert (after[:, 0] >= t[0]).sum() < (before[:, 0] >= t[0]).sum()  # kept by value it would pass fewer
+    ranked = np.sort(after[:, 0])[::-1]
+    kept = int((before[:, 0] >= t[0]).sum())
+    assert out[0] == pytest.approx((ranked[kept - 1] + ranked[kept]) / 2)  # halfway to the next photo
+

@@ -62,6 +62,10 @@ def _replayed(out: Path, checkpoint: Path, pick: dict, stage2_from: dict | None,
     return model.inference_state_dict()
 
 
+def load_model(out: Path, checkpoint: str):
+    return runs.load_run(out, checkpoint).model
+
+
 def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
 
@@ -110,8 +114,21 @@ def test_the_refit_trains_on_the_validation_photos_too_and_keeps_the_validated_m
         synthetic, checkpoint, tmp_path / "again", "--epochs", 3, "--stage2-epochs", 2, "--no-refit").output
     # Validation's pick and everything calibrated on it are those of the run without a refit.
     assert _same(runs.load_checkpoint(out / runs.VALIDATED)["model"], runs.load_checkpoint(plain / runs.BEST)["model"])
-    assert metrics["thresholds"] == without["thresholds"] and metrics["val"] == without["val"]
+    assert metrics["refit"]["validated_thresholds"] == without["thresholds"] and metrics["val"] == without["val"]
     assert metrics["best"] == without["best"]
+    assert runs.load_run(out, runs.VALIDATED).thresholds == pytest.approx(without["thresholds"])
+    # The exported thresholds are the validated ones carried to the refit: each lets through as many
+    # training photos with the refit as the validated one did with the validated model.
+    from train.evaluate import photo_scores
+    from train.metrics import carried_thresholds
+    saved = runs.read_json(out / runs.CONFIG)["train"]
+    cfg = TrainConfig(**saved | {"stages": tuple(saved["stages"])})
+    data = prepare_data(cfg, load_clip(TINY, str(checkpoint)), out, lambda line: None, False,
+                        runs.read_json(out / runs.DATASET))
+    before, after = (photo_scores(load_model(out, name), data, data.train_idx, torch.device("cpu"), 64)
+                     for name in (runs.VALIDATED, runs.BEST))
+    assert metrics["thresholds"] == pytest.approx(carried_thresholds(np.array(without["thresholds"]), before, after), abs=1e-6)
+    assert metrics["thresholds"] != without["thresholds"]
     # best.pt is the recipe replayed on every photo: not the validated model, exactly the replay.
     best = runs.load_checkpoint(out / runs.BEST)["model"]
     assert not _same(best, runs.load_checkpoint(out / runs.VALIDATED)["model"])

@@ -55,6 +55,12 @@ def scores_from_features(model: HPDVAL, f_cls: torch.Tensor, f_patch: torch.Tens
     return torch.cat(out).numpy() if out else np.zeros((0, len(model.labels)), np.float32)
 
 
+def photo_scores(model: HPDVAL, data: Prepared, indices: np.ndarray, device: torch.device, batch_size: int
+                 ) -> np.ndarray:
+    """Scores [N, C] of the cached photos `indices`, as validation scores them."""
+    return scores_from_features(model, *extract_features(model, data.cache, indices, batch_size, device), device)
+
+
 def evaluate(model: HPDVAL, data: Prepared, device: torch.device, batch_size: int,
              features: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[dict, np.ndarray]:
     """Validation mAP summary and the scores [N_val, C]."""

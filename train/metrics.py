@@ -218,3 +218,29 @@ def predictions(scores: np.ndarray, thresholds, labels: list[str] | None = None)
     """bool [N, C]: the tags `tagger tag` would write for each photo."""
     predicted = scores >= np.asarray(thresholds)[None, :]
     return close_upward(predicted, ancestors(labels)) if labels is not None else predicted
+
+
+def carried_thresholds(thresholds: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """Each tag's threshold carried from one model to another by what it does, not by its value: on the
+    same photos (scores [N, C] of each model), the carried threshold lets through as many photos as the
+    original did (cut halfway between the last photo kept and the next, as calibration cuts).
+
+    The refit (train.trainer) needs it: it has trained on the validation photos, so nothing can be
+    calibrated for it there, and its scores do not sit where the validated model's did; with one or two
+    training photos per tag they sit lower, and the validated thresholds wrote fewer tags (benchmark F1
+    down 1 to 1.5; docs/training.md, "The refit"). A threshold that passed no photo passes none.
+    """
+    out = np.array(thresholds, dtype=np.float64)
+    for c in range(len(out)):
+        kept = int((before[:, c] >= out[c]).sum())
+        ranked = np.sort(after[:, c])[::-1].astype(np.float64)
+        if len(ranked) == 0:
+            continue
+        if kept == 0:
+            out[c] = max(out[c], float(np.nextafter(ranked[0], np.inf)))
+        elif kept < len(ranked):
+            out[c] = (ranked[kept - 1] + ranked[kept]) / 2 if ranked[kept] < ranked[kept - 1] else ranked[kept - 1]
+        else:
+            out[c] = ranked[-1]
+    return out
+

@@ -162,8 +162,11 @@ def load_run(run_dir: str | Path, checkpoint: str = BEST) -> LoadedRun:
         raise RunError(run_dir / checkpoint, f"checkpoint does not match the run's config: {str(exc).splitlines()[0]}") from None
     model.eval().requires_grad_(False)
     preprocess = Preprocess.from_dict(config["model"]["preprocess"])
+    # metrics.json's thresholds are the exported model's (carried to the refit); validated.pt has its own.
+    thresholds = metrics["thresholds"] if checkpoint != VALIDATED else \
+        metrics.get("refit", {}).get("validated_thresholds", metrics["thresholds"])
     return LoadedRun(run_dir=run_dir, model=model, parts=model.export_parts(), labels=list(dataset["labels"]),
-                     thresholds=[float(t) for t in metrics["thresholds"]], preprocess=preprocess,
+                     thresholds=[float(t) for t in thresholds], preprocess=preprocess,
                      summary=model_summary(config, dataset, metrics), config=config, dataset=dataset)
 
 

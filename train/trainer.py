@@ -23,9 +23,9 @@ from train import distributed, runs
 from train.backbone import LoadedClip, load_clip
 from train.config import (Log, TrainConfig, TrainError, check_config, check_same_setup, data_defaults,
                           pick_device, resolve_defaults)
-from train.evaluate import evaluate
+from train.evaluate import evaluate, photo_scores
 from train.losses import make_loss
-from train.metrics import bagged_thresholds, f1_summary, frequency_group, precision_recall
+from train.metrics import bagged_thresholds, carried_thresholds, f1_summary, frequency_group, precision_recall
 from train.model import HPDVAL, HPDVALConfig
 from train.prepare import Prepared, prepare_data
 from train.stages import Trainer, load_model_state
@@ -150,13 +150,15 @@ def _train(cfg: TrainConfig, resume: bool, log: Log, progress: bool, dist: distr
     for line in summary_lines(metrics):
         log(line)
     history, stage2_from = trainer.history, trainer.stage2_from
-    if cfg.refit:
+    if cfg.refit and metrics["best"]["stage"] != 0 and len(data.val_idx):
+        # The validated model's scores on the training photos: what its thresholds are carried by.
+        before = photo_scores(model, data, data.train_idx, device, max(cfg.batch_size, 64))
         del model, trainer  # the refit builds its own; free the device for it
-        done = refit(cfg, data, device, run_dir, metrics["best"], stage2_from, log, progress)
-        if done is not None:
-            metrics = metrics | {"refit": done, "elapsed_s": round(time.perf_counter() - started, 2)}
-            runs.write_json(run_dir / runs.METRICS, metrics)
-            log(refit_line(metrics))
+        done = refit(cfg, data, device, run_dir, metrics, stage2_from, before, log, progress)
+        metrics = metrics | {"thresholds": done.pop("thresholds"), "refit": done,
+                             "elapsed_s": round(time.perf_counter() - started, 2)}
+        runs.write_json(run_dir / runs.METRICS, metrics)
+        log(refit_line(metrics))
     report = _write_report(run_dir, log)
     return TrainResult(run_dir, metrics, time.perf_counter() - started, history, report=report)
 
@@ -166,21 +168,22 @@ def candidate(best: dict) -> dict:
     return {k: best[k] for k in ("stage", "epoch", "wise_ft") if best.get(k) is not None}
 
 
-def refit(cfg: TrainConfig, data: Prepared, device: torch.device, run_dir: Path, pick: dict,
-          stage2_from: dict | None, log: Log, progress: bool) -> dict | None:
-    """Train the picked recipe again on every labelled photo and make it best.pt; None when there is
-    nothing to refit (the untrained model was picked, or no photo was held out).
+def refit(cfg: TrainConfig, data: Prepared, device: torch.device, run_dir: Path, metrics: dict,
+          stage2_from: dict | None, before: np.ndarray, log: Log, progress: bool) -> dict:
+    """Train the picked recipe again on every labelled photo, make it best.pt, and carry the thresholds
+    to it; returns what metrics.json records of it, the carried thresholds included.
 
     Once validation has chosen, the photos it held out are worth more as training photos: with 2 to 5
     photos of a rare tag, the one in validation is a fifth to a half of all it has. The refit repeats
     the picked candidate's recipe (same epochs, rates and schedule, its WiSE-FT mix or stage 2 epoch;
     the batches are those of the larger set) on training and validation photos together, as a grid
     search refits its winner. Nothing can be validated on photos the model has seen, so the validated
-    model stays as validated.pt and the thresholds and validation figures in metrics.json remain its
-    own. Measured on the quality benchmark: docs/training.md, "The refit".
+    model stays as validated.pt and the validation figures in metrics.json remain its own; each
+    threshold is carried to the refit by the share of training photos it lets through (`before`: the
+    validated model's scores of them), since the refit's scores do not sit where the validated
+    model's did. Measured on the quality benchmark: docs/training.md, "The refit".
     """
-    if pick["stage"] == 0 or len(data.val_idx) == 0:
-        return None
+    pick = metrics["best"]
     started = time.perf_counter()
     everything = replace(data, train_idx=np.union1d(data.train_idx, data.val_idx))
     log(f"refit: the picked recipe ({describe(pick)}) again on all {len(everything.train_idx)} labelled photos")
@@ -194,9 +197,12 @@ def refit(cfg: TrainConfig, data: Prepared, device: torch.device, run_dir: Path,
     replayer = Trainer(cfg, model, loss_fn, everything, device, run_dir, log, progress)
     replayer.init_tag_bias()
     replayer.replay(pick, stage2_from)
+    after = photo_scores(model, data, data.train_idx, device, max(cfg.batch_size, 64))
+    thresholds = carried_thresholds(np.array(metrics["thresholds"]), before, after)
     runs.save_checkpoint(run_dir / runs.BEST, {"model": model.inference_state_dict(), "stage": pick["stage"],
                                                "epoch": pick["epoch"], "refit": True})
-    return {"photos": int(len(everything.train_idx)), "seconds": round(time.perf_counter() - started, 1)}
+    return {"photos": int(len(everything.train_idx)), "seconds": round(time.perf_counter() - started, 1),
+            "thresholds": [round(float(t), 6) for t in thresholds], "validated_thresholds": metrics["thresholds"]}
 
 
 def describe(best: dict) -> str:
@@ -209,8 +215,8 @@ def describe(best: dict) -> str:
 def refit_line(metrics: dict) -> str:
     r = metrics["refit"]
     return (f"refit: {describe(metrics['best'])} trained again on all {r['photos']} labelled photos "
-            f"({metrics['val_images']} of them validation photos) in {r['seconds']:.0f}s: best.pt; the "
-            f"validation figures and thresholds above are the validated model's (validated.pt)")
+            f"({metrics['val_images']} of them validation photos) in {r['seconds']:.0f}s: best.pt, its thresholds "
+            f"carried from the validated model's; the validation figures above are the validated model's (validated.pt)")
 
 
 def _write_report(run_dir: Path, log: Log) -> Path | None:

@@ -45,7 +45,7 @@ from train import runs
 from train.backbone import load_clip
 from train.data import collect_labels
 from train.losses import make_loss
-from train.metrics import bagged_thresholds, map_summary
+from train.metrics import bagged_thresholds, carried_thresholds, map_summary
 from train.model import normalize_pixels, score_images
 from train.split import stratified_split
 
@@ -152,8 +152,8 @@ class Outcome:
     # vocabulary it is joined to; None for zero-shot, which has no validation split to calibrate on.
     thresholds: np.ndarray | None = None
     labels: list[str] | None = None
-    # After a refit: the validated model's test scores (validated.pt), the one the thresholds belong to.
-    validated_scores: np.ndarray | None = None
+    # After a refit: the validated model's test scores and thresholds (validated.pt and its own cuts).
+    validated: tuple[np.ndarray, np.ndarray | None] | None = None
 
 
 def tagger_args(method: Method, setting: Setting, backbone: str, pretrained: str, seed: int, out: Path) -> list[str]:
@@ -200,8 +200,10 @@ def run_method(method: Method, setting: Setting, backbone: str, pretrained: str,
         run = runs.load_run(out)
         scores, thresholds, labels = scores_of_parts(run.parts, test_pixels), np.array(run.thresholds), run.labels
         # Without a refit (the untrained model picked) the validated model is the model itself.
-        validated = scores_of_parts(runs.load_run(out, runs.VALIDATED).parts, test_pixels) \
-            if (out / runs.VALIDATED).is_file() else scores
+        validated = (scores, thresholds)
+        if (out / runs.VALIDATED).is_file():
+            before = runs.load_run(out, runs.VALIDATED)
+            validated = (scores_of_parts(before.parts, test_pixels), np.array(before.thresholds))
     elif method.kind == "zero_shot":
         clip = load_clip(backbone, pretrained)
         cosines = zero_shot_scores(clip, test_pixels, read_labels(setting.labels))
@@ -268,15 +270,18 @@ def linear_probe(setting: Setting, backbone: str, pretrained: str, seed: int, te
             val_scores = torch.sigmoid(head(features[val_idx])).numpy()
             summary = map_summary(val_scores, photos.targets[val_idx], train_counts)
         if best is None or (summary["mAP"] or -1) > (best[0]["mAP"] or -1):
-            best = (summary, decay, val_scores)
-    summary, decay, val_scores = best
+            best = (summary, decay, val_scores, head)
+    summary, decay, val_scores, validated = best
     thresholds = bagged_thresholds(val_scores, photos.targets[val_idx], labels, seed=seed)
-    # The refit, as `tagger train` does it: the picked decay again on the training and validation photos.
+    # The refit, as `tagger train` does it: the picked decay again on the training and validation photos,
+    # the thresholds carried to it by the share of training photos they let through.
     everything = np.union1d(train_idx, val_idx)
     head = _fit_probe(features[everything], targets[everything], len(labels), decay, seed,
                       make_loss("bce", photos.targets[everything].sum(axis=0), len(everything)))
     with torch.no_grad():
         scores = torch.sigmoid(head(test_features)).numpy()
+        thresholds = carried_thresholds(thresholds, torch.sigmoid(validated(features[train_idx])).numpy(),
+                                        torch.sigmoid(head(features[train_idx])).numpy())
     val = {k: summary[k] for k in ("mAP", "mAP_head", "mAP_medium", "mAP_tail")} | {"weight_decay": decay}
     runs.write_json(out / "linear_probe.json", {"val": val, "train_images": len(train_idx),
                                                 "val_images": len(val_idx), "decays": list(LINEAR_PROBE_DECAYS)})

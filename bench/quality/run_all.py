@@ -255,14 +255,14 @@ def run_job(task_dir: Path, task_key: str, task: tasks.Task, test_pixels: np.nda
                                        outcome.labels)}
     folder.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(result, indent=2))
-    if method.name in VALIDATED_ROW and outcome.validated_scores is not None:
-        # The same job's validated model (before its refit), at the same thresholds: a row of its own.
+    if method.name in VALIDATED_ROW and outcome.validated is not None:
+        # The same job's validated model (before its refit), at its own thresholds: a row of its own.
         derived = task_dir / setting.name / VALIDATED_ROW[method.name] / f"seed-{seed}"
         derived.mkdir(parents=True, exist_ok=True)
+        scores, thresholds = outcome.validated
         (derived / "result.json").write_text(json.dumps(result | {
             "method": VALIDATED_ROW[method.name],
-            "test": test_set_metrics(outcome.validated_scores, task.test.targets, task.groups, outcome.thresholds,
-                                     outcome.labels)}, indent=2))
+            "test": test_set_metrics(scores, task.test.targets, task.groups, thresholds, outcome.labels)}, indent=2))
     return result, True
 
 
