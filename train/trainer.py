@@ -150,7 +150,9 @@ def _train(cfg: TrainConfig, resume: bool, log: Log, progress: bool, dist: distr
     for line in summary_lines(metrics):
         log(line)
     history, stage2_from = trainer.history, trainer.stage2_from
-    if cfg.refit and metrics["best"]["stage"] != 0 and len(data.val_idx):
+    # A run resumed from before refits existed does not know where its stage 2 started: no refit then.
+    retraceable = metrics["best"]["stage"] != 2 or stage2_from is not None
+    if cfg.refit and metrics["best"]["stage"] != 0 and len(data.val_idx) and retraceable:
         # The validated model's scores on the training photos: what its thresholds are carried by.
         before = photo_scores(model, data, data.train_idx, device, max(cfg.batch_size, 64))
         del model, trainer  # the refit builds its own; free the device for it
