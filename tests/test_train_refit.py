@@ -14,6 +14,7 @@ pytest.importorskip("open_clip")
 
 from tagger.cli import cli  # noqa: E402
 from train import runs  # noqa: E402
+from train.runs import RunError  # noqa: E402
 from train.backbone import load_clip  # noqa: E402
 from train.config import TrainConfig  # noqa: E402
 from train.prepare import prepare_data  # noqa: E402
@@ -117,6 +118,7 @@ def test_the_refit_trains_on_the_validation_photos_too_and_keeps_the_validated_m
     assert metrics["refit"]["validated_thresholds"] == without["thresholds"] and metrics["val"] == without["val"]
     assert metrics["best"] == without["best"]
     assert runs.load_run(out, runs.VALIDATED).thresholds == pytest.approx(without["thresholds"])
+    assert runs.load_run(out).thresholds == pytest.approx(metrics["thresholds"])  # what export writes
     # The exported thresholds are the validated ones carried to the refit: each lets through as many
     # training photos with the refit as the validated one did with the validated model.
     from train.evaluate import photo_scores
@@ -137,3 +139,35 @@ def test_the_refit_trains_on_the_validation_photos_too_and_keeps_the_validated_m
     assert _same(runs.load_run(out).model.inference_state_dict(), best)
     assert runs.load_run(out).summary["refit_images"] == metrics["refit"]["photos"]
     assert np.allclose(np.load(out / runs.VAL_SCORES), np.load(plain / runs.VAL_SCORES), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_resumed_run_goes_on_from_the_validated_pick(synthetic, checkpoint, tmp_path):
+    # Catches: a resumed run selecting against (or stage 2 starting from) the refit, which has seen the
+    # validation photos; a refit replayed on a schedule the run did not train on; and the export of a
+    # refit whose carried thresholds never reached metrics.json.
+    out = tmp_path / "run"
+    _train(synthetic, checkpoint, out, "--epochs", 2, "--stages", 1)
+    metrics = runs.read_json(out / runs.METRICS)
+    validated = runs.load_checkpoint(out / runs.VALIDATED)["model"]
+    refit = runs.load_checkpoint(out / runs.BEST)["model"]
+    # A refit cut short after best.pt and before metrics.json: export refuses rather than mix the two.
+    runs.write_json(out / runs.METRICS, {k: v for k, v in metrics.items() if k != "refit"})
+    with pytest.raises(RunError, match="cut short"):
+        runs.load_run(out)
+    # Resumed as it was: the validated pick is best.pt again until the same refit is made again.
+    result = _train(synthetic, checkpoint, out, "--resume", "--epochs", 2, "--stages", 1)
+    assert "best.pt is the validated pick again" in result.output
+    assert _same(runs.load_checkpoint(out / runs.VALIDATED)["model"], validated)
+    assert _same(runs.load_checkpoint(out / runs.BEST)["model"], refit)
+    assert runs.read_json(out / runs.METRICS)["thresholds"] == metrics["thresholds"]
+    # Resumed with more epochs: selection goes on from the validated pick, the refit cannot retrace that
+    # schedule, so best.pt is the new validated pick and its thresholds are its own.
+    result = _train(synthetic, checkpoint, out, "--resume", "--epochs", 4, "--stages", 1)
+    assert "no refit: the run was resumed with other epochs" in result.output
+    assert not (out / runs.VALIDATED).exists()
+    metrics = runs.read_json(out / runs.METRICS)
+    assert "refit" not in metrics and "refit" not in runs.load_checkpoint(out / runs.BEST)
+    picked = [h for h in metrics["history"] if h["stage"] == metrics["best"]["stage"]
+              and h["epoch"] == metrics["best"]["epoch"] and h.get("wise_ft") == metrics["best"].get("wise_ft")]
+    assert picked and picked[-1]["mAP"] == pytest.approx(metrics["val"]["mAP"], abs=1e-6)

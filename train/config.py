@@ -162,7 +162,8 @@ def data_defaults(cfg: TrainConfig, n_train: int, width: int, log: Log) -> Train
 
 
 # Settings --resume may change: where and how long it runs, not what it trains.
-RESUMABLE = {"device", "workers", "out", "epochs", "stage2_epochs"}
+# The refit too: a resumed run puts the validated pick back first (runs.undo_refit) and refits, or not, at the end.
+RESUMABLE = {"device", "workers", "out", "epochs", "stage2_epochs", "refit"}
 
 
 def check_same_setup(saved: dict, cfg: TrainConfig) -> None:

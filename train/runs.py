@@ -84,6 +84,16 @@ def validated_checkpoint(run_dir: Path) -> Path:
     return validated if validated.is_file() else Path(run_dir) / BEST
 
 
+def undo_refit(run_dir: Path) -> bool:
+    """Put the validated pick back as best.pt (a resumed run goes on from it, and refits at its end);
+    True if there was a refit (or a refit cut short) to undo."""
+    validated = Path(run_dir) / VALIDATED
+    if not validated.is_file():
+        return False
+    os.replace(validated, Path(run_dir) / BEST)
+    return True
+
+
 def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
@@ -156,6 +166,10 @@ def load_run(run_dir: str | Path, checkpoint: str = BEST) -> LoadedRun:
     check_aligned(run_dir, dataset["labels"], metrics)
     model = rebuild_model(config, dataset["labels"])
     state = load_checkpoint(run_dir / checkpoint)
+    if state.get("refit") and "refit" not in metrics and checkpoint != VALIDATED:
+        # best.pt is the refit but metrics.json still holds the validated model's thresholds.
+        raise RunError(run_dir, "the refit was cut short before metrics.json was written; "
+                                "finish it with `tagger train --resume --out RUN_DIR`")
     try:
         model.load_state_dict(state["model"], strict=True)
     except (KeyError, RuntimeError) as exc:

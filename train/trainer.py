@@ -9,6 +9,7 @@ picked recipe again on every labelled photo (the refit, `refit`).
 from __future__ import annotations
 
 import datetime as _dt
+import gc
 import os
 import shutil
 import time
@@ -116,6 +117,9 @@ def _train(cfg: TrainConfig, resume: bool, log: Log, progress: bool, dist: distr
         runs.write_json(run_dir / runs.CONFIG, run_config(cfg, clip, model, name))
         runs.write_json(run_dir / runs.DATASET, data.dataset)
 
+    if resume and dist.is_main and runs.undo_refit(run_dir):
+        # Training may go on (more epochs) and selection compares with best.pt: the validated pick again.
+        log("resume: best.pt is the validated pick again (validated.pt); the refit is redone at the end")
     trainer = Trainer(cfg, model, loss_fn, data, device, run_dir, log, progress, dist)
     payload = None
     if resume and (run_dir / runs.LAST).is_file():
@@ -150,19 +154,35 @@ def _train(cfg: TrainConfig, resume: bool, log: Log, progress: bool, dist: distr
     for line in summary_lines(metrics):
         log(line)
     history, stage2_from = trainer.history, trainer.stage2_from
-    # A run resumed from before refits existed does not know where its stage 2 started: no refit then.
-    retraceable = metrics["best"]["stage"] != 2 or stage2_from is not None
-    if cfg.refit and metrics["best"]["stage"] != 0 and len(data.val_idx) and retraceable:
+    why_not = no_refit_because(cfg, saved_config, metrics["best"], stage2_from)
+    if cfg.refit and why_not:
+        log(f"no refit: {why_not}")
+    if cfg.refit and metrics["best"]["stage"] != 0 and len(data.val_idx) and not why_not:
         # The validated model's scores on the training photos: what its thresholds are carried by.
         before = photo_scores(model, data, data.train_idx, device, max(cfg.batch_size, 64))
-        del model, trainer  # the refit builds its own; free the device for it
+        # The refit builds its own model: free the device of this one (the student is clip's own tower).
+        del model, trainer, loss_fn, clip, payload
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         done = refit(cfg, data, device, run_dir, metrics, stage2_from, before, log, progress)
-        metrics = metrics | {"thresholds": done.pop("thresholds"), "refit": done,
-                             "elapsed_s": round(time.perf_counter() - started, 2)}
-        runs.write_json(run_dir / runs.METRICS, metrics)
-        log(refit_line(metrics))
+        if done is not None:
+            metrics = metrics | {"thresholds": done.pop("thresholds"), "refit": done,
+                                 "elapsed_s": round(time.perf_counter() - started, 2)}
+            runs.write_json(run_dir / runs.METRICS, metrics)
+            log(refit_line(metrics))
     report = _write_report(run_dir, log)
     return TrainResult(run_dir, metrics, time.perf_counter() - started, history, report=report)
+
+
+def no_refit_because(cfg: TrainConfig, saved_config: dict | None, pick: dict, stage2_from: dict | None) -> str | None:
+    """Why the picked recipe cannot be replayed as it was trained, if it cannot."""
+    if saved_config is not None and any(saved_config["train"].get(k) != getattr(cfg, k) for k in ("epochs", "stage2_epochs")):
+        return ("the run was resumed with other epochs, a schedule the refit cannot retrace; "
+                "best.pt is the validated pick")
+    if pick["stage"] == 2 and stage2_from is None:
+        return "the run began before refits existed and does not record where its stage 2 started"
+    return None
 
 
 def candidate(best: dict) -> dict:
@@ -171,9 +191,10 @@ def candidate(best: dict) -> dict:
 
 
 def refit(cfg: TrainConfig, data: Prepared, device: torch.device, run_dir: Path, metrics: dict,
-          stage2_from: dict | None, before: np.ndarray, log: Log, progress: bool) -> dict:
+          stage2_from: dict | None, before: np.ndarray, log: Log, progress: bool) -> dict | None:
     """Train the picked recipe again on every labelled photo, make it best.pt, and carry the thresholds
-    to it; returns what metrics.json records of it, the carried thresholds included.
+    to it; returns what metrics.json records of it, the carried thresholds included (None when the
+    refit diverged and the validated pick stays).
 
     Once validation has chosen, the photos it held out are worth more as training photos: with 2 to 5
     photos of a rare tag, the one in validation is a fifth to a half of all it has. The refit repeats
@@ -200,6 +221,11 @@ def refit(cfg: TrainConfig, data: Prepared, device: torch.device, run_dir: Path,
     replayer.init_tag_bias()
     replayer.replay(pick, stage2_from)
     after = photo_scores(model, data, data.train_idx, device, max(cfg.batch_size, 64))
+    if not np.isfinite(after).all():
+        # Nothing validates the refit; a diverged one must not replace the model that was validated.
+        validated.unlink()
+        log("warning: the refit diverged (scores not finite); best.pt stays the validated pick")
+        return None
     thresholds = carried_thresholds(np.array(metrics["thresholds"]), before, after)
     runs.save_checkpoint(run_dir / runs.BEST, {"model": model.inference_state_dict(), "stage": pick["stage"],
                                                "epoch": pick["epoch"], "refit": True})
