@@ -11,6 +11,7 @@ still far more pixels than a model needs).
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import struct
 
@@ -98,6 +99,8 @@ def _preview(raw, path, min_side: int, max_pixels: int) -> Image.Image | None:
     except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError, rawpy.LibRawIOError,
             rawpy.LibRawDataError):
         return None
+    if thumb.format == rawpy.ThumbFormat.JPEG and not _ends_in_file(path, thumb.data):
+        return None  # a preview cut off with the file: the sensor data decides (and is cut too)
     if thumb.format == rawpy.ThumbFormat.BITMAP:
         height, width = thumb.data.shape[:2]
         if min(width, height) < min_side or thumb.data.ndim != 3 or thumb.data.dtype != np.uint8:
@@ -119,6 +122,17 @@ def _preview(raw, path, min_side: int, max_pixels: int) -> Image.Image | None:
         img.close()
         return None  # a truncated or odd preview: the sensor data may still be whole
     return img
+
+
+def _ends_in_file(path, data: bytes, tail: int = 256) -> bool:
+    """Whether a JPEG preview's last bytes are the file's own. LibRaw returns a preview that runs past
+    the end of a cut file padded from memory it does not clear, so right after another RAW photo a cut
+    DNG "decoded" into that photo's preview. (The head may differ: LibRaw can put an Exif header in
+    front of a preview; the tail is the file's.)"""
+    if len(data) > os.path.getsize(path):
+        return False
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        return mm.find(data[-tail:]) >= 0
 
 
 def _reason(rawpy, exc: Exception) -> str:

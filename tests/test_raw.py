@@ -113,7 +113,7 @@ def test_truncated_and_broken_raw_files_are_one_line_each(tmp_path, colour_model
 
     assert result.exit_code == 3, result.output
     failed = failures(result.output)
-    assert failed["cut_in_preview.dng"] == "cannot decode RAW: truncated or unreadable sensor data"
+    assert failed.get("cut_in_preview.dng") == "cannot decode RAW: truncated or unreadable sensor data", result.output
     assert failed["cut_in_sensor_data.NEF"] == "cannot decode RAW: truncated or unreadable sensor data"
     assert failed["empty.cr2"] == "empty file (0 bytes)"
     assert failed["notes.ARW"].startswith("not a RAW file LibRaw can read")
@@ -121,6 +121,21 @@ def test_truncated_and_broken_raw_files_are_one_line_each(tmp_path, colour_model
     assert "2 tagged" in result.output
     assert (root / "good.dng.json").exists() and (root / "red.jpg.json").exists()
 
+
+
+@needs_rawpy
+def test_a_cut_raw_file_never_shows_another_photos_preview(tmp_path):
+    # LibRaw hands back a preview that runs past the end of a cut file padded from memory it does not
+    # clear: right after another RAW photo, a DNG cut at 2,000 bytes "decoded" into that photo's preview
+    # (tagged with another photo's tags, not reported). Decoded alone it fails; it must fail every time.
+    red = np.full((300, 400, 3), (230, 20, 20), np.uint8)
+    good = write_dng(tmp_path / "good.dng", red, preview=red)
+    cut = tmp_path / "cut.dng"
+    cut.write_bytes(write_dng(tmp_path / "whole.dng", SCENE, preview=SCENE).read_bytes()[:2000])
+    for _ in range(3):
+        assert corners(open_oriented(good, min_side=32)) == ("red",) * 4
+        with pytest.raises(ImageError, match="truncated or unreadable sensor data"):
+            open_oriented(cut, min_side=32)
 
 def test_without_rawpy_each_raw_file_says_how_to_get_it(tmp_path, colour_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "rawpy", None)  # what an install without the `raw` extra sees
