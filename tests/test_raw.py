@@ -122,7 +122,6 @@ def test_truncated_and_broken_raw_files_are_one_line_each(tmp_path, colour_model
     assert (root / "good.dng.json").exists() and (root / "red.jpg.json").exists()
 
 
-
 @needs_rawpy
 def test_a_cut_raw_file_never_shows_another_photos_preview(tmp_path):
     # LibRaw hands back a preview that runs past the end of a cut file padded from memory it does not
@@ -136,6 +135,7 @@ def test_a_cut_raw_file_never_shows_another_photos_preview(tmp_path):
         assert corners(open_oriented(good, min_side=32)) == ("red",) * 4
         with pytest.raises(ImageError, match="truncated or unreadable sensor data"):
             open_oriented(cut, min_side=32)
+
 
 def test_without_rawpy_each_raw_file_says_how_to_get_it(tmp_path, colour_model, monkeypatch):
     monkeypatch.setitem(sys.modules, "rawpy", None)  # what an install without the `raw` extra sees

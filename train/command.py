@@ -68,7 +68,8 @@ def _parse_stages(ctx, param, value: str | None) -> tuple[int, ...] | None:
               metavar="RUN_DIR", help="Run folder: checkpoints, metrics.json, config.json.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="auto uses CUDA (bf16 autocast) when PyTorch sees a GPU [default: auto].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last epoch, from the validated pick (not its refit); "
+              "only --epochs, --stage2-epochs, --device, --workers and --refit may change (other epochs: no refit).")
 @click.option("--stages", default=None, callback=_parse_stages,
               help="1: dual-view alignment of the image tower; 2: prompt tuning on frozen features [default: 1,2].")
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="Stage 1 epochs [default: from the number of photos, at least 40].")

@@ -166,7 +166,7 @@ def load_run(run_dir: str | Path, checkpoint: str = BEST) -> LoadedRun:
     check_aligned(run_dir, dataset["labels"], metrics)
     model = rebuild_model(config, dataset["labels"])
     state = load_checkpoint(run_dir / checkpoint)
-    if state.get("refit") and "refit" not in metrics and checkpoint != VALIDATED:
+    if state.get("refit") and "refit" not in metrics:
         # best.pt is the refit but metrics.json still holds the validated model's thresholds.
         raise RunError(run_dir, "the refit was cut short before metrics.json was written; "
                                 "finish it with `tagger train --resume --out RUN_DIR`")

@@ -154,10 +154,10 @@ def _train(cfg: TrainConfig, resume: bool, log: Log, progress: bool, dist: distr
     for line in summary_lines(metrics):
         log(line)
     history, stage2_from = trainer.history, trainer.stage2_from
-    why_not = no_refit_because(cfg, saved_config, metrics["best"], stage2_from)
-    if cfg.refit and why_not:
+    why_not = no_refit_because(cfg, saved_config, metrics["best"], stage2_from) if cfg.refit else None
+    if why_not:
         log(f"no refit: {why_not}")
-    if cfg.refit and metrics["best"]["stage"] != 0 and len(data.val_idx) and not why_not:
+    elif cfg.refit and metrics["best"]["stage"] != 0 and len(data.val_idx):
         # The validated model's scores on the training photos: what its thresholds are carried by.
         before = photo_scores(model, data, data.train_idx, device, max(cfg.batch_size, 64))
         # The refit builds its own model: free the device of this one (the student is clip's own tower).
