@@ -35,7 +35,9 @@ def toy_run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     lines = []
-    summary = run_all.run(toy_plan(), root / "cache", root / "docs" / "quality.md", log=lines.append)
+    # Two jobs side by side, as the full benchmark runs them on 2 cores: real spawned workers.
+    summary = run_all.run(toy_plan(), root / "cache", root / "docs" / "quality.md", log=lines.append,
+                          workers=2, threads=1)
     torch.set_num_threads(threads)
     return root, summary, lines
 

@@ -120,14 +120,16 @@ def test_the_refit_trains_on_the_validation_photos_too_and_keeps_the_validated_m
     assert runs.load_run(out, runs.VALIDATED).thresholds == pytest.approx(without["thresholds"])
     assert runs.load_run(out).thresholds == pytest.approx(metrics["thresholds"])  # what export writes
     # The exported thresholds are the validated ones carried to the refit: each lets through as many
-    # training photos with the refit as the validated one did with the validated model.
+    # labelled photos (training and validation) with the refit as the validated one did with the
+    # validated model.
     from train.evaluate import photo_scores
     from train.metrics import carried_thresholds
     saved = runs.read_json(out / runs.CONFIG)["train"]
     cfg = TrainConfig(**saved | {"stages": tuple(saved["stages"])})
     data = prepare_data(cfg, load_clip(TINY, str(checkpoint)), out, lambda line: None, False,
                         runs.read_json(out / runs.DATASET))
-    before, after = (photo_scores(load_model(out, name), data, data.train_idx, torch.device("cpu"), 64)
+    labelled = np.union1d(data.train_idx, data.val_idx)
+    before, after = (photo_scores(load_model(out, name), data, labelled, torch.device("cpu"), 64)
                      for name in (runs.VALIDATED, runs.BEST))
     assert metrics["thresholds"] == pytest.approx(carried_thresholds(np.array(without["thresholds"]), before, after), abs=1e-6)
     assert metrics["thresholds"] != without["thresholds"]

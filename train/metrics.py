@@ -228,7 +228,8 @@ def carried_thresholds(thresholds: np.ndarray, before: np.ndarray, after: np.nda
     The refit (train.trainer) needs it: it has trained on the validation photos, so nothing can be
     calibrated for it there, and its scores do not sit where the validated model's did; with one or two
     training photos per tag they sit lower, and the validated thresholds wrote fewer tags (benchmark F1
-    down 1 to 1.5; docs/training.md, "The refit"). A threshold that passed no photo passes none.
+    down 1.7 to 3.4 at one photo per tag; docs/training.md, "The refit"). A threshold that passed no
+    photo passes none.
     """
     out = np.array(thresholds, dtype=np.float64)
     for c in range(len(out)):

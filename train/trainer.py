@@ -158,8 +158,8 @@ def _train(cfg: TrainConfig, resume: bool, log: Log, progress: bool, dist: distr
     if why_not:
         log(f"no refit: {why_not}")
     elif cfg.refit and metrics["best"]["stage"] != 0 and len(data.val_idx):
-        # The validated model's scores on the training photos: what its thresholds are carried by.
-        before = photo_scores(model, data, data.train_idx, device, max(cfg.batch_size, 64))
+        # The validated model's scores on every labelled photo: what its thresholds are carried by.
+        before = photo_scores(model, data, labelled(data), device, max(cfg.batch_size, 64))
         # The refit builds its own model: free the device of this one (the student is clip's own tower).
         del model, trainer, loss_fn, clip, payload
         gc.collect()
@@ -202,13 +202,13 @@ def refit(cfg: TrainConfig, data: Prepared, device: torch.device, run_dir: Path,
     the batches are those of the larger set) on training and validation photos together, as a grid
     search refits its winner. Nothing can be validated on photos the model has seen, so the validated
     model stays as validated.pt and the validation figures in metrics.json remain its own; each
-    threshold is carried to the refit by the share of training photos it lets through (`before`: the
-    validated model's scores of them), since the refit's scores do not sit where the validated
-    model's did. Measured on the quality benchmark: docs/training.md, "The refit".
+    threshold is carried to the refit by the share of labelled photos, training and validation, it lets
+    through (`before`: the validated model's scores of them), since the refit's scores do not sit where
+    the validated model's did. Measured on the quality benchmark: docs/training.md, "The refit".
     """
     pick = metrics["best"]
     started = time.perf_counter()
-    everything = replace(data, train_idx=np.union1d(data.train_idx, data.val_idx))
+    everything = replace(data, train_idx=labelled(data))
     log(f"refit: the picked recipe ({describe(pick)}) again on all {len(everything.train_idx)} labelled photos")
     validated = run_dir / runs.VALIDATED
     if not validated.is_file():  # before best.pt changes: a run stopped mid-refit resumes from the validated pick
@@ -220,7 +220,7 @@ def refit(cfg: TrainConfig, data: Prepared, device: torch.device, run_dir: Path,
     replayer = Trainer(cfg, model, loss_fn, everything, device, run_dir, log, progress)
     replayer.init_tag_bias()
     replayer.replay(pick, stage2_from)
-    after = photo_scores(model, data, data.train_idx, device, max(cfg.batch_size, 64))
+    after = photo_scores(model, data, everything.train_idx, device, max(cfg.batch_size, 64))
     if not np.isfinite(after).all():
         # Nothing validates the refit; a diverged one must not replace the model that was validated.
         validated.unlink()
@@ -231,6 +231,14 @@ def refit(cfg: TrainConfig, data: Prepared, device: torch.device, run_dir: Path,
                                                "epoch": pick["epoch"], "refit": True})
     return {"photos": int(len(everything.train_idx)), "seconds": round(time.perf_counter() - started, 1),
             "thresholds": [round(float(t), 6) for t in thresholds], "validated_thresholds": metrics["thresholds"]}
+
+
+def labelled(data: Prepared) -> np.ndarray:
+    """Every labelled photo, training and validation (sorted rows): what the refit trains on, and what
+    thresholds are carried to it by. Carried by the training photos alone, a threshold moved in steps
+    of a tenth of them with one photo per tag, and the refit wrote fewer tags than the validated model
+    (docs/training.md, "The refit")."""
+    return np.union1d(data.train_idx, data.val_idx)
 
 
 def describe(best: dict) -> str:

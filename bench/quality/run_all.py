@@ -1,18 +1,21 @@
 """Regenerate the quality benchmark: stand-in VLM, tasks, every method × seed, docs/quality.md + plot.
 
-    python -m bench.quality.run_all            # the full benchmark (CPU: about 43 min on 2 idle cores)
-    python -m bench.quality.run_all --quick    # smaller, baselines + default only: about 3.5 min
+    python -m bench.quality.run_all            # the full benchmark
+    python -m bench.quality.run_all --quick    # smaller, baselines + default only: a few minutes
 
 Results are cached per (VLM, task, schedule, method, seed) under .cache/quality/, so an interrupted
 run continues where it stopped; --fresh starts over. The documented wall time is that of a run from
-an empty cache.
+an empty cache. Jobs run side by side in worker processes of one torch thread each, one per core:
+this model is too small for two threads to share one job well (docs/quality.md says by how much).
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime as _dt
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import resource
@@ -169,9 +172,11 @@ def methods_for(spec: TaskSpec, setting: str, plan: Plan) -> list[str]:
     return [m for m in wanted if m in plan.methods]
 
 
-def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=print, adds: bool = False) -> dict:
-    """Pretrain (or reuse) the VLM, write (or reuse) the tasks, run every missing job, write the report.
-    `adds`: the plan is a part of the whole one (--methods/--settings), added to the last whole run."""
+def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=print, adds: bool = False,
+        workers: int = 1, threads: int = 1) -> dict:
+    """Pretrain (or reuse) the VLM, write (or reuse) the tasks, run every missing job in `workers`
+    processes of `threads` torch threads, write the report. `adds`: the plan is a part of the whole
+    one (--methods/--settings), added to the last whole run."""
     started_wall, started_cpu, load_start = time.perf_counter(), _cpu_seconds(), _load()
     checkpoint, vlm_summary = pretrain_vlm.ensure_vlm(plan.vlm, log=log, cache_root=cache_root)
     vlm_pretrained_now = time.perf_counter() - started_wall > 0.5 * vlm_summary["pretrain_s"]
@@ -184,26 +189,28 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
         task = spec.build(cache_root / f"task-{spec.config.key()}")
         folder = results_dir / spec.name
         folder.mkdir(parents=True, exist_ok=True)
-        built[spec.name] = (spec, task, load_test_pixels(task, clip.preprocess, folder))
+        test_pixels = load_test_pixels(task, clip.preprocess, folder)
+        built[spec.name] = (spec, task, test_pixels)
         for setting in settings_for(task, plan):
             for name in methods_for(spec, setting.name, plan):
                 method = METHODS[name]
                 runs_on = method.seeds(plan.seeds, setting.name)
-                for seed in runs_on:
-                    jobs.append((spec, setting, method, seed))
+                jobs += [Job(folder, spec.config.key(), task, test_pixels, setting, method, seed, backbone, str(checkpoint))
+                         for seed in runs_on]
                 _drop_unplanned_seeds(results_dir / spec.name / setting.name / name, runs_on, plan.seeds)
+    log(f"{len(jobs)} runs on {', '.join(built)}; seeds {plan.seeds}; results in {results_dir}"
+        + (f"; {workers} side by side" if workers > 1 else ""))
     ran = 0
-    log(f"{len(jobs)} runs on {', '.join(built)}; seeds {plan.seeds}; results in {results_dir}")
-    for n, (spec, setting, method, seed) in enumerate(jobs, 1):
-        _, task, test_pixels = built[spec.name]
-        result, fresh_run = run_job(results_dir / spec.name, spec.config.key(), task, test_pixels, setting, method,
-                                    seed, backbone, str(checkpoint), fresh)
-        if fresh_run:
-            ran += 1
-            t = result["test"]
-            log(f"[{n}/{len(jobs)}] {spec.name} {setting.name:11s} {method.name:16s} seed {seed}: test mAP {t['mAP']:.1f} "
-                f"(head {_f(t['mAP_head'])} / medium {_f(t['mAP_medium'])} / tail {_f(t['mAP_tail'])}), "
-                f"val {_f(result['val'].get('mAP'))}, {result['seconds']:.0f}s")
+
+    def done(result: dict) -> None:
+        nonlocal ran
+        ran += 1
+        t = result["test"]
+        log(f"[{ran}] {result['task']} {result['setting']:11s} {result['method']:16s} seed {result['seed']}: "
+            f"test mAP {t['mAP']:.1f} (head {_f(t['mAP_head'])} / medium {_f(t['mAP_medium'])} / tail "
+            f"{_f(t['mAP_tail'])}), val {_f(result['val'].get('mAP'))}, {result['seconds']:.0f}s")
+
+    results(jobs, workers, threads, fresh, done)
     # Zero-shot needs no training data: the long-tailed scores stand for every setting of the task.
     for spec, task, _ in built.values():
         for setting in settings_for(task, plan)[1:]:
@@ -221,7 +228,7 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
                   for spec, task, _ in built.values()},
         "vlm": vlm_summary | {"model": _model_text(backbone)},
         "timing": {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "load_start": load_start, "load_end": _load(),
-                   "threads": torch.get_num_threads(), "jobs_run": ran,
+                   "threads": threads, "workers": workers, "jobs_run": ran,
                    "vlm_pretrained_in_this_run": vlm_pretrained_now},
         "machine": f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()}, torch {torch.__version__}",
         "finished": _dt.datetime.now().astimezone().isoformat(timespec="minutes"),
@@ -234,36 +241,91 @@ def run(plan: Plan, cache_root: Path, report: Path, fresh: bool = False, log=pri
     return summary | {"results_dir": str(results_dir)}
 
 
-def run_job(task_dir: Path, task_key: str, task: tasks.Task, test_pixels: np.ndarray, setting: Setting,
-            method: Method, seed: int, backbone: str, checkpoint: str, fresh: bool = False) -> tuple[dict, bool]:
-    """One method × seed on a task's setting: its cached result.json when the same job made it, else
-    run now. Returns (the result, whether it ran now)."""
-    folder = task_dir / setting.name / method.name / f"seed-{seed}"
-    result_path = folder / "result.json"
-    key = _key(task_key, asdict(setting.schedule), method.args, method.kind)
-    if result_path.is_file() and not fresh:
-        cached = json.loads(result_path.read_text())
-        if cached.get("key") == key:
-            return cached, False
+@dataclass(frozen=True, eq=False)
+class Job:
+    """One method × seed on a task's setting; its result.json goes in `folder`."""
+
+    task_dir: Path
+    task_key: str
+    task: tasks.Task
+    test_pixels: np.ndarray
+    setting: Setting
+    method: Method
+    seed: int
+    backbone: str
+    checkpoint: str
+
+    @property
+    def folder(self) -> Path:
+        return self.task_dir / self.setting.name / self.method.name / f"seed-{self.seed}"
+
+    def key(self) -> str:
+        return _key(self.task_key, asdict(self.setting.schedule), self.method.args, self.method.kind)
+
+
+def results(jobs: list[Job], workers: int = 1, threads: int = 1, fresh: bool = False, log=None) -> list[dict]:
+    """Every job's result in order: cached ones read back, the others run (`run_jobs`), each passed to
+    `log` as it finishes."""
+    for result in run_jobs(jobs, workers, threads, fresh):
+        if log is not None:
+            log(result)
+    return [cached_result(job) for job in jobs]
+
+
+def run_jobs(jobs: list[Job], workers: int = 1, threads: int = 1, fresh: bool = False):
+    """Run every job that has no cached result (every job, when fresh) and yield each result as it
+    finishes: in this process when workers is 1, else in that many spawned processes of `threads`
+    torch threads each."""
+    todo = list({job.folder: job for job in jobs if fresh or cached_result(job) is None}.values())
+    if workers <= 1:
+        yield from map(run_job, todo)
+        return
+    # spawn, not fork: a forked child would inherit this process's torch thread pool in whatever state it is.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
+                                                initargs=(threads,)) as pool:
+        futures = [pool.submit(run_job, job) for job in todo]
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:  # a failed job stops the run: the queued ones need not start
+                future.cancel()
+
+
+def cached_result(job: Job) -> dict | None:
+    """The result.json the same job left, if it did."""
+    path = job.folder / "result.json"
+    if not path.is_file():
+        return None
+    cached = json.loads(path.read_text())
+    return cached if cached.get("key") == job.key() else None
+
+
+def run_job(job: Job) -> dict:
+    """Run one job now: its result, also written to its result.json (and, for the default, its
+    validated model's row)."""
+    folder, task = job.folder, job.task
     if folder.exists():
         shutil.rmtree(folder)
-    outcome = run_method(method, setting_for_seed(setting, task, seed), backbone, checkpoint, seed,
-                         folder / "run", test_pixels)
-    result = {"task": task_dir.name, "setting": setting.name, "method": method.name, "seed": seed, "key": key,
-              "val": outcome.val, "seconds": round(outcome.seconds, 1), "picked": _picked(folder / "run"),
+    outcome = run_method(job.method, setting_for_seed(job.setting, task, job.seed), job.backbone, job.checkpoint,
+                         job.seed, folder / "run", job.test_pixels)
+    result = {"task": job.task_dir.name, "setting": job.setting.name, "method": job.method.name, "seed": job.seed,
+              "key": job.key(), "val": outcome.val, "seconds": round(outcome.seconds, 1),
+              "picked": _picked(folder / "run"),
               "test": test_set_metrics(outcome.test_scores, task.test.targets, task.groups, outcome.thresholds,
                                        outcome.labels)}
     folder.mkdir(parents=True, exist_ok=True)
-    result_path.write_text(json.dumps(result, indent=2))
-    if method.name in VALIDATED_ROW and outcome.validated is not None:
+    (folder / "result.json").write_text(json.dumps(result, indent=2))
+    if job.method.name in VALIDATED_ROW and outcome.validated is not None:
         # The same job's validated model (before its refit), at its own thresholds: a row of its own.
-        derived = task_dir / setting.name / VALIDATED_ROW[method.name] / f"seed-{seed}"
+        derived = job.task_dir / job.setting.name / VALIDATED_ROW[job.method.name] / f"seed-{job.seed}"
         derived.mkdir(parents=True, exist_ok=True)
         scores, thresholds = outcome.validated
         (derived / "result.json").write_text(json.dumps(result | {
-            "method": VALIDATED_ROW[method.name],
+            "method": VALIDATED_ROW[job.method.name],
             "test": test_set_metrics(scores, task.test.targets, task.groups, thresholds, outcome.labels)}, indent=2))
-    return result, True
+    return result
 
 
 def _drop_unplanned_seeds(folder: Path, runs_on: list[int], planned: list[int]) -> None:
@@ -301,11 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default=None, help="comma-separated seeds [default: 0,1,2; quick: 0,1]")
     parser.add_argument("--methods", default=None, help=f"comma-separated, of: {', '.join(METHODS)} [default: all]")
     parser.add_argument("--settings", default=None, help="comma-separated: long-tailed,1-shot,5-shot [default: all]")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="jobs side by side [default: one per core, one on a GPU]")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job [default: 1]")
     parser.add_argument("--fresh", action="store_true", help="run every job again (the VLM and data stay cached)")
     parser.add_argument("--out", type=Path, default=DOCS / "quality.md", help="report file")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    workers = args.workers or default_workers(args.threads)
+    torch.set_num_threads(workers * args.threads)  # the VLM's pretraining, before the jobs: every core
     plan = Plan.quick_plan() if args.quick else Plan.full()
     if args.seeds:
         plan.seeds = [int(s) for s in args.seeds.split(",")]
@@ -317,8 +382,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.settings:
         plan.settings = args.settings.split(",")
     run(plan, pretrain_vlm.CACHE_ROOT, args.out, fresh=args.fresh, log=lambda line: print(line, flush=True),
-        adds=bool(args.methods or args.settings))
+        adds=bool(args.methods or args.settings), workers=workers, threads=args.threads)
     return 0
+
+
+def default_workers(threads: int) -> int:
+    """One job per `threads` cores on a CPU; one on a GPU, which the jobs would otherwise share."""
+    if torch.cuda.is_available():
+        return 1
+    return max(1, len(os.sched_getaffinity(0)) // max(1, threads))
 
 
 def _model_text(backbone: str) -> str:
@@ -333,8 +405,8 @@ def _f(v) -> str:
 
 
 def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """This process's CPU time and its finished workers'."""
+    return sum(u.ru_utime + u.ru_stime for u in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
 
 
 def _load() -> str:

@@ -25,7 +25,7 @@ import torch
 from bench.quality import pretrain_vlm, tasks
 from bench.quality.methods import METHODS, Schedule, Setting
 from bench.quality.report import DOCS, GROUPS, Cell
-from bench.quality.run_all import LONG_TAILED, load_test_pixels, run_job
+from bench.quality.run_all import LONG_TAILED, Job, default_workers, load_test_pixels, results
 from tagger.benchmark import cpu_name
 from train.backbone import load_clip
 
@@ -50,14 +50,14 @@ def task_name(order: str) -> str:
 
 def run(orders=ORDERS, seeds=SEEDS, cache_root: Path = pretrain_vlm.CACHE_ROOT, out: Path = DOCS / "quality-worlds.md",
         log=print, task_config: tasks.TaskConfig = TASK_A, vlm: pretrain_vlm.PretrainConfig = VLM,
-        schedule: Schedule = LONG_TAILED) -> dict[str, World]:
-    """Every (order, method, seed) job not cached yet; returns each order's World and writes the report.
-    The defaults are the documented run; tests pass toy sizes."""
+        schedule: Schedule = LONG_TAILED, workers: int = 1, threads: int = 1) -> dict[str, World]:
+    """Every (order, method, seed) job not cached yet, `workers` side by side; returns each order's
+    World and writes the report. The defaults are the documented run; tests pass toy sizes."""
     started = time.perf_counter()
     checkpoint, _ = pretrain_vlm.ensure_vlm(vlm, log=log, cache_root=cache_root)
     clip = load_clip(vlm.backbone, str(checkpoint))
     results_dir = cache_root / f"results-{vlm.key()}"
-    table, ran = {}, 0
+    built, jobs = {}, []
     for order in orders:
         config = replace(task_config, order=order)
         task = tasks.build_task(config, cache_root / f"task-{config.key()}")
@@ -65,19 +65,25 @@ def run(orders=ORDERS, seeds=SEEDS, cache_root: Path = pretrain_vlm.CACHE_ROOT, 
         task_dir.mkdir(parents=True, exist_ok=True)
         test_pixels = load_test_pixels(task, clip.preprocess, task_dir)
         setting = Setting("long-tailed", task.lt.folder, task.lt.csv, task.labels_file, schedule)
+        built[order] = task
+        jobs += [Job(task_dir, config.key(), task, test_pixels, setting, METHODS[name], seed, vlm.backbone,
+                     str(checkpoint)) for name in (*BASELINES, "default") for seed in METHODS[name].seeds(list(seeds))]
+    ran = 0
+    order_of = {task_name(order): order for order in orders}
+
+    def done(result: dict) -> None:
+        nonlocal ran
+        ran += 1
+        log(f"{order_of[result['task']]:10s} {result['method']:13s} seed {result['seed']}: test mAP {result['test']['mAP']:.1f} "
+            f"(tail {result['test']['mAP_tail']:.1f}), {result['seconds']:.0f}s")
+
+    by_job = dict(zip(jobs, results(jobs, workers, threads, log=done)))
+    table = {}
+    for order, task in built.items():
         cells = {}
         for name in (*BASELINES, "default"):
-            method = METHODS[name]
-            results = []
-            for seed in method.seeds(list(seeds)):
-                result, now = run_job(task_dir, config.key(), task, test_pixels, setting, method, seed,
-                                      vlm.backbone, str(checkpoint))
-                ran += now
-                results.append(result)
-                if now:
-                    log(f"{order:10s} {name:13s} seed {seed}: test mAP {result['test']['mAP']:.1f} "
-                        f"(tail {result['test']['mAP_tail']:.1f}), {result['seconds']:.0f}s")
-            cells[name] = {c: Cell([r["test"][c] for r in results]) for c in ("mAP", *(f"mAP_{g}" for g in GROUPS))}
+            mine = [r for job, r in by_job.items() if job.method.name == name and job.task_dir.name == task_name(order)]
+            cells[name] = {c: Cell([r["test"][c] for r in mine]) for c in ("mAP", *(f"mAP_{g}" for g in GROUPS))}
         table[order] = World([t for t, g in zip(task.tags, task.groups) if g == "tail"], cells)
     minutes = (time.perf_counter() - started) / 60
     out.write_text(report(table, seeds, ran, minutes))
@@ -125,11 +131,14 @@ def report(table: dict, seeds, ran: int, minutes: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality.worlds", description=__doc__.split("\n\n")[0])
     parser.add_argument("--orders", default=",".join(ORDERS), help=f"comma-separated [default: {','.join(ORDERS)}]")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--workers", type=int, default=None, help="jobs side by side [default: one per core, one on a GPU]")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job [default: 1]")
     parser.add_argument("--out", type=Path, default=DOCS / "quality-worlds.md", help="report file")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    run(orders=args.orders.split(","), out=args.out, log=lambda line: print(line, flush=True))
+    workers = args.workers or default_workers(args.threads)
+    torch.set_num_threads(workers * args.threads)
+    run(orders=args.orders.split(","), out=args.out, log=lambda line: print(line, flush=True), workers=workers,
+        threads=args.threads)
     return 0
 
 
