@@ -120,6 +120,7 @@ def test_report_states_targets_tables_and_command(toy_run):
     root, summary, _ = toy_run
     text = (root / "docs" / "quality.md").read_text()
     assert "python -m bench.quality.run_all" in text
+    assert "2 jobs side by side of 1 torch thread each" in text  # what the wall time was measured with
     assert "| **tagger train (default)** |" in text and "| linear probe |" in text
     assert "| F1 at its thresholds | precision / recall |" in text and "what gets written" in text
     assert "long-tailed, overall: default" in text and "the +3 target" in text

@@ -250,7 +250,7 @@ def write_report(results_dir: Path, out: Path = DOCS / "quality.md") -> Path:
         "",
         f"Last run{' (quick)' if run['quick'] else ''}: {run['finished']}, {run['machine']}; "
         f"{timing.get('jobs_run', 0)} training jobs; wall time **{timing.get('wall_s', 0) / 60:.1f} min**, "
-        f"CPU time {timing.get('cpu_s', 0) / 60:.1f} min with {timing.get('threads', '?')} torch threads "
+        f"CPU time {timing.get('cpu_s', 0) / 60:.1f} min, " + _jobs_text(timing) + " "
         f"(load average {timing.get('load_start', '?')} at the start, {timing.get('load_end', '?')} at the end). "
         "`tagger train` runs with `--device auto`, so a GPU is used when present. The VLM pretraining "
         f"({vlm['pretrain_s'] / 60:.1f} min) is cached between runs and "
@@ -409,3 +409,10 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def _jobs_text(timing: dict) -> str:
+    workers, threads = timing.get("workers", 1), timing.get("threads", "?")
+    if workers > 1:
+        return f"{workers} jobs side by side of {threads} torch thread{'s' if threads != 1 else ''} each"
+    return f"one job at a time with {threads} torch threads"
