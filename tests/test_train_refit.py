@@ -173,3 +173,44 @@ def test_a_resumed_run_goes_on_from_the_validated_pick(synthetic, checkpoint, tm
     picked = [h for h in metrics["history"] if h["stage"] == metrics["best"]["stage"]
               and h["epoch"] == metrics["best"]["epoch"] and h.get("wise_ft") == metrics["best"].get("wise_ft")]
     assert picked and picked[-1]["mAP"] == pytest.approx(metrics["val"]["mAP"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_untagged_photos_under_data_carry_the_thresholds_too(checkpoint, tmp_path):
+    # Catches: the refit's thresholds carried without the untagged photos (or with them on one side
+    # only), the sample not kept for a resume, and an undecodable untagged photo stopping the run.
+    import shutil
+
+    from train.cache import build_cache
+    from train.evaluate import extract_features, photo_scores, scores_from_features
+    from train.metrics import carried_thresholds
+
+    data = generate_dataset(tmp_path / "data", n_train=80, n_test=30, seed=5)
+    untagged_dir = data.train_dir / "untagged"  # photos nobody has tagged, beside the tagged ones
+    shutil.copytree(data.test_dir, untagged_dir)
+    (untagged_dir / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a photo")
+    out = tmp_path / "run"
+    result = _train(data, checkpoint, out, "--epochs", 3, "--stage2-epochs", 2)
+    assert "1 of 31 untagged photos could not be decoded" in result.output
+    assert "(by 30 untagged photos too)" in result.output
+    dataset, metrics = runs.read_json(out / runs.DATASET), runs.read_json(out / runs.METRICS)
+    assert sorted(Path(p).name for p in dataset["untagged"]) == sorted(p.name for p in untagged_dir.iterdir())
+    assert metrics["refit"]["carried_by"] == {"labelled": 80, "untagged": 30}
+    saved = runs.read_json(out / runs.CONFIG)["train"]
+    cfg = TrainConfig(**saved | {"stages": tuple(saved["stages"])})
+    clip = load_clip(TINY, str(checkpoint))
+    prepared = prepare_data(cfg, clip, out, lambda line: None, False, dataset)
+    assert prepared.untagged == [Path(p) for p in dataset["untagged"]]  # a resume carries by the same photos
+    decoded = build_cache(prepared.untagged, clip.preprocess, tmp_path / "decoded", 1, False)
+    cpu = torch.device("cpu")
+    labelled = np.union1d(prepared.train_idx, prepared.val_idx)
+    both, alone = [], []
+    for name in (runs.VALIDATED, runs.BEST):
+        model = load_model(out, name)
+        scores = photo_scores(model, prepared, labelled, cpu, 64)
+        features = extract_features(model, decoded, np.arange(len(decoded.paths)), 64, cpu)
+        both.append(np.vstack([scores, scores_from_features(model, *features, cpu)]))
+        alone.append(scores)
+    validated = np.array(metrics["refit"]["validated_thresholds"])
+    assert metrics["thresholds"] == pytest.approx(carried_thresholds(validated, *both), abs=1e-6)
+    assert metrics["thresholds"] != pytest.approx(carried_thresholds(validated, *alone), abs=1e-6)

@@ -69,7 +69,7 @@ class LabelledPhotos:
     targets: np.ndarray  # uint8 [N, C]
     sources: Counter = field(default_factory=Counter)  # photos labelled per source
     ignored: Counter = field(default_factory=Counter)  # keyword text outside the vocabulary -> times seen
-    unlabelled: int = 0  # photos under --data with no label source at all
+    untagged: list[Path] = field(default_factory=list)  # photos under --data with no label source at all
     warnings: list[str] = field(default_factory=list)  # one line per file that could not be used
     rejected: Counter = field(default_factory=Counter)  # tag -> positives a sidecar "not_labels" overrode
 
@@ -77,14 +77,18 @@ class LabelledPhotos:
     def counts(self) -> np.ndarray:
         return self.targets.sum(axis=0).astype(np.int64)
 
+    @property
+    def unlabelled(self) -> int:
+        return len(self.untagged)
+
     def subset(self, keep: np.ndarray) -> "LabelledPhotos":
         return LabelledPhotos(self.labels, [self.paths[i] for i in keep], self.targets[keep], self.sources,
-                              self.ignored, self.unlabelled, self.warnings, self.rejected)
+                              self.ignored, self.untagged, self.warnings, self.rejected)
 
     def drop_tags(self, drop: list[int]) -> "LabelledPhotos":
         keep = [i for i in range(len(self.labels)) if i not in set(drop)]
         return LabelledPhotos([self.labels[i] for i in keep], self.paths, self.targets[:, keep], self.sources,
-                              self.ignored, self.unlabelled, self.warnings, self.rejected)
+                              self.ignored, self.untagged, self.warnings, self.rejected)
 
 
 def collect_labels(data_dir: str | Path, labels: list[str], annotations: str | Path | None = None,
@@ -154,8 +158,8 @@ def collect_labels(data_dir: str | Path, labels: list[str], annotations: str | P
             if index is not None and targets[row, index]:
                 targets[row, index] = 0
                 rejected_counts[labels[index]] += 1
-    unlabelled = sum(1 for p in photos if _key(p) not in found)
-    return LabelledPhotos(labels, paths, targets, sources, ignored, unlabelled, warnings, rejected_counts)
+    untagged = sorted((p for p in photos if _key(p) not in found), key=str)
+    return LabelledPhotos(labels, paths, targets, sources, ignored, untagged, warnings, rejected_counts)
 
 
 def _key(path: Path) -> Path:

@@ -6,7 +6,7 @@ the same rows from its dataset.json, so it trains on what it started with.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,18 @@ class Prepared:
     train_idx: np.ndarray
     val_idx: np.ndarray
     dataset: dict  # what dataset.json holds
+    # Photos under --data with no labels, an even sample: they carry thresholds to the refit (train.trainer).
+    untagged: list[Path] = field(default_factory=list)
+
+
+UNTAGGED_SAMPLE = 512  # untagged photos decoded for the refit's thresholds: a few seconds of decoding
+
+
+def untagged_sample(paths: list[Path], n: int = UNTAGGED_SAMPLE) -> list[Path]:
+    """Up to n of the untagged photos, spread evenly over their sorted order (folders, dates)."""
+    if len(paths) <= n:
+        return list(paths)
+    return [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, num=n).round().astype(int))]
 
 
 def _report_sources(photos: LabelledPhotos, labels_file: str, log: Log) -> None:
@@ -100,7 +112,8 @@ def prepare_data(cfg: TrainConfig, clip: LoadedClip, run_dir: Path, log: Log, pr
             targets[row_of[entry["path"]], [index[t] for t in entry["tags"]]] = 1
         train_idx = np.array([row_of[e["path"]] for e in saved["train"]], dtype=np.int64)
         val_idx = np.array([row_of[e["path"]] for e in saved["val"]], dtype=np.int64)
-        return Prepared(labels, cache, targets, train_idx, val_idx, saved)
+        return Prepared(labels, cache, targets, train_idx, val_idx, saved,
+                        [Path(p) for p in saved.get("untagged", [])])
 
     row_of = {p: i for i, p in enumerate(photos.paths)}
     photos = photos.subset(np.array([row_of[p] for p in cache.paths], dtype=np.int64))
@@ -123,8 +136,9 @@ def prepare_data(cfg: TrainConfig, clip: LoadedClip, run_dir: Path, log: Log, pr
         return [{"path": str(photos.paths[i]),
                  "tags": [photos.labels[c] for c in np.flatnonzero(photos.targets[i])]} for i in indices]
 
+    untagged = untagged_sample(photos.untagged)
     dataset = {"labels": photos.labels, "train": rows(train_idx), "val": rows(val_idx),
                "photos": [str(p) for p in paths],
                "skipped": cache.failed, "ignored": dict(photos.ignored.most_common()),
-               "unlabelled": photos.unlabelled, "warnings": photos.warnings}
-    return Prepared(photos.labels, cache, photos.targets, train_idx, val_idx, dataset)
+               "unlabelled": photos.unlabelled, "untagged": [str(p) for p in untagged], "warnings": photos.warnings}
+    return Prepared(photos.labels, cache, photos.targets, train_idx, val_idx, dataset, untagged)

@@ -24,7 +24,8 @@ from train import distributed, runs
 from train.backbone import LoadedClip, load_clip
 from train.config import (Log, TrainConfig, TrainError, check_config, check_same_setup, data_defaults,
                           pick_device, resolve_defaults)
-from train.evaluate import evaluate, photo_scores
+from train.cache import ImageCache, build_cache
+from train.evaluate import evaluate, extract_features, photo_scores, scores_from_features
 from train.losses import make_loss
 from train.metrics import bagged_thresholds, carried_thresholds, f1_summary, frequency_group, precision_recall
 from train.model import HPDVAL, HPDVALConfig
@@ -158,14 +159,15 @@ def _train(cfg: TrainConfig, resume: bool, log: Log, progress: bool, dist: distr
     if why_not:
         log(f"no refit: {why_not}")
     elif cfg.refit and metrics["best"]["stage"] != 0 and len(data.val_idx):
-        # The validated model's scores on every labelled photo: what its thresholds are carried by.
-        before = photo_scores(model, data, labelled(data), device, max(cfg.batch_size, 64))
+        # The validated model's scores of the photos its thresholds are carried by.
+        untagged = untagged_cache(cfg, data, clip, run_dir, log, progress)
+        before = carry_scores(model, data, untagged, device, max(cfg.batch_size, 64))
         # The refit builds its own model: free the device of this one (the student is clip's own tower).
         del model, trainer, loss_fn, clip, payload
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        done = refit(cfg, data, device, run_dir, metrics, stage2_from, before, log, progress)
+        done = refit(cfg, data, untagged, device, run_dir, metrics, stage2_from, before, log, progress)
         if done is not None:
             metrics = metrics | {"thresholds": done.pop("thresholds"), "refit": done,
                                  "elapsed_s": round(time.perf_counter() - started, 2)}
@@ -190,8 +192,8 @@ def candidate(best: dict) -> dict:
     return {k: best[k] for k in ("stage", "epoch", "wise_ft") if best.get(k) is not None}
 
 
-def refit(cfg: TrainConfig, data: Prepared, device: torch.device, run_dir: Path, metrics: dict,
-          stage2_from: dict | None, before: np.ndarray, log: Log, progress: bool) -> dict | None:
+def refit(cfg: TrainConfig, data: Prepared, untagged: ImageCache | None, device: torch.device, run_dir: Path,
+          metrics: dict, stage2_from: dict | None, before: np.ndarray, log: Log, progress: bool) -> dict | None:
     """Train the picked recipe again on every labelled photo, make it best.pt, and carry the thresholds
     to it; returns what metrics.json records of it, the carried thresholds included (None when the
     refit diverged and the validated pick stays).
@@ -202,9 +204,9 @@ def refit(cfg: TrainConfig, data: Prepared, device: torch.device, run_dir: Path,
     the batches are those of the larger set) on training and validation photos together, as a grid
     search refits its winner. Nothing can be validated on photos the model has seen, so the validated
     model stays as validated.pt and the validation figures in metrics.json remain its own; each
-    threshold is carried to the refit by the share of labelled photos, training and validation, it lets
-    through (`before`: the validated model's scores of them), since the refit's scores do not sit where
-    the validated model's did. Measured on the quality benchmark: docs/training.md, "The refit".
+    threshold is carried to the refit by the share of photos it lets through (`carry_scores`; `before`
+    holds the validated model's), since the refit's scores do not sit where the validated model's did.
+    Measured on the quality benchmark: docs/training.md, "The refit".
     """
     pick = metrics["best"]
     started = time.perf_counter()
@@ -220,7 +222,7 @@ def refit(cfg: TrainConfig, data: Prepared, device: torch.device, run_dir: Path,
     replayer = Trainer(cfg, model, loss_fn, everything, device, run_dir, log, progress)
     replayer.init_tag_bias()
     replayer.replay(pick, stage2_from)
-    after = photo_scores(model, data, everything.train_idx, device, max(cfg.batch_size, 64))
+    after = carry_scores(model, data, untagged, device, max(cfg.batch_size, 64))
     if not np.isfinite(after).all():
         # Nothing validates the refit; a diverged one must not replace the model that was validated.
         validated.unlink()
@@ -230,15 +232,46 @@ def refit(cfg: TrainConfig, data: Prepared, device: torch.device, run_dir: Path,
     runs.save_checkpoint(run_dir / runs.BEST, {"model": model.inference_state_dict(), "stage": pick["stage"],
                                                "epoch": pick["epoch"], "refit": True})
     return {"photos": int(len(everything.train_idx)), "seconds": round(time.perf_counter() - started, 1),
+            "carried_by": {"labelled": int(len(everything.train_idx)), "untagged": _rows(untagged)},
             "thresholds": [round(float(t), 6) for t in thresholds], "validated_thresholds": metrics["thresholds"]}
 
 
 def labelled(data: Prepared) -> np.ndarray:
-    """Every labelled photo, training and validation (sorted rows): what the refit trains on, and what
-    thresholds are carried to it by. Carried by the training photos alone, a threshold moved in steps
-    of a tenth of them with one photo per tag, and the refit wrote fewer tags than the validated model
-    (docs/training.md, "The refit")."""
+    """Every labelled photo, training and validation (sorted rows): what the refit trains on."""
     return np.union1d(data.train_idx, data.val_idx)
+
+
+def untagged_cache(cfg: TrainConfig, data: Prepared, clip: LoadedClip, run_dir: Path, log: Log,
+                   progress: bool) -> ImageCache | None:
+    """The sample of untagged photos decoded (cached in the run folder, so a resumed run reuses it);
+    None when --data has none. One that cannot be decoded is left out."""
+    if not data.untagged:
+        return None
+    cache = build_cache(data.untagged, clip.preprocess, run_dir / runs.CACHE_DIR / "untagged", cfg.workers, progress)
+    if cache.failed:
+        log(f"refit: {len(cache.failed)} of {len(data.untagged)} untagged photos could not be decoded; "
+            "the thresholds are carried by the others")
+    return cache if len(cache.paths) else None
+
+
+def carry_scores(model: HPDVAL, data: Prepared, untagged: ImageCache | None, device: torch.device,
+                 batch_size: int) -> np.ndarray:
+    """A model's scores of the photos thresholds are carried to the refit by: every labelled photo, and
+    the untagged sample when there is one.
+
+    Carried by the training photos alone, a threshold moved in steps of a tenth of them with one photo
+    per tag, all of them photos the validated model had fitted, and the refit wrote fewer tags than the
+    validated model; the validation photos double them, and untagged photos, which neither model has
+    seen, are what it will tag (docs/training.md, "The refit")."""
+    scores = photo_scores(model, data, labelled(data), device, batch_size)
+    if untagged is None:
+        return scores
+    features = extract_features(model, untagged, np.arange(len(untagged.paths)), batch_size, device)
+    return np.vstack([scores, scores_from_features(model, *features, device)])
+
+
+def _rows(cache: ImageCache | None) -> int:
+    return 0 if cache is None else len(cache.paths)
 
 
 def describe(best: dict) -> str:
@@ -250,9 +283,11 @@ def describe(best: dict) -> str:
 
 def refit_line(metrics: dict) -> str:
     r = metrics["refit"]
+    untagged = r.get("carried_by", {}).get("untagged", 0)
     return (f"refit: {describe(metrics['best'])} trained again on all {r['photos']} labelled photos "
             f"({metrics['val_images']} of them validation photos) in {r['seconds']:.0f}s: best.pt, its thresholds "
-            f"carried from the validated model's; the validation figures above are the validated model's (validated.pt)")
+            f"carried from the validated model's" + (f" (by {untagged} untagged photos too)" if untagged else "")
+            + "; the validation figures above are the validated model's (validated.pt)")
 
 
 def _write_report(run_dir: Path, log: Log) -> Path | None:
