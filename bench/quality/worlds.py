@@ -1,7 +1,7 @@
 """Is the default's margin a property of one world? Task A's long-tailed setting with the frequency order
 of its 20 object kinds changed, everything else equal (the same pool structure, test design, schedules):
 
-    python -m bench.quality.worlds     # about 27 min on 2 idle cores (the world order's runs are shared
+    python -m bench.quality.worlds     # about 31 min on 2 idle cores (the world order's runs are shared
                                        # with run_all's task A: cached there, they cost nothing here)
 
 Which kinds are rare decides how much a method that keeps the pretrained prior gains over one that
