@@ -232,7 +232,7 @@ def refit(cfg: TrainConfig, data: Prepared, untagged: ImageCache | None, device:
     runs.save_checkpoint(run_dir / runs.BEST, {"model": model.inference_state_dict(), "stage": pick["stage"],
                                                "epoch": pick["epoch"], "refit": True})
     return {"photos": int(len(everything.train_idx)), "seconds": round(time.perf_counter() - started, 1),
-            "carried_by": {"labelled": int(len(everything.train_idx)), "untagged": _rows(untagged)},
+            "carried_by": {"labelled": int(len(carry_rows(data, untagged))), "untagged": _rows(untagged)},
             "thresholds": [round(float(t), 6) for t in thresholds], "validated_thresholds": metrics["thresholds"]}
 
 
@@ -256,18 +256,26 @@ def untagged_cache(cfg: TrainConfig, data: Prepared, clip: LoadedClip, run_dir: 
 
 def carry_scores(model: HPDVAL, data: Prepared, untagged: ImageCache | None, device: torch.device,
                  batch_size: int) -> np.ndarray:
-    """A model's scores of the photos thresholds are carried to the refit by: every labelled photo, and
-    the untagged sample when there is one.
+    """A model's scores of the photos thresholds are carried to the refit by (`carry_rows` says which).
 
     Carried by the training photos alone, a threshold moved in steps of a tenth of them with one photo
-    per tag, all of them photos the validated model had fitted, and the refit wrote fewer tags than the
-    validated model; the validation photos double them, and untagged photos, which neither model has
-    seen, are what it will tag (docs/training.md, "The refit")."""
-    scores = photo_scores(model, data, labelled(data), device, batch_size)
+    per tag, and the refit wrote fewer tags than the validated model. Untagged photos, which neither
+    model has seen, are what it will tag; with them the training photos suffice. Without them the
+    validation photos double the count, at a cost: the validated model scored them unseen and the refit
+    has trained on them, which sets the carried thresholds higher by the gap between the two (small
+    with a pretrained prior; docs/training.md, "The refit")."""
+    rows = carry_rows(data, untagged)
+    scores = photo_scores(model, data, rows, device, batch_size)
     if untagged is None:
         return scores
     features = extract_features(model, untagged, np.arange(len(untagged.paths)), batch_size, device)
     return np.vstack([scores, scores_from_features(model, *features, device)])
+
+
+def carry_rows(data: Prepared, untagged: ImageCache | None) -> np.ndarray:
+    """The labelled photos the carry counts: the training photos beside untagged ones (both models
+    score each of them alike: seen by both, or by neither), else every labelled photo."""
+    return data.train_idx if untagged is not None else labelled(data)
 
 
 def _rows(cache: ImageCache | None) -> int:
