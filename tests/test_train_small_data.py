@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
 from tagger.cli import cli  # noqa: E402
-from train.split import stratified_split  # noqa: E402
+from train.split import spread, stratified_split  # noqa: E402
 from train.stages import batches  # noqa: E402
 
 TINY = str(Path(__file__).resolve().parents[1] / "train" / "model_configs" / "tagger-tiny.json")
@@ -83,3 +83,12 @@ def test_trainer_at_few_training_photos(tmp_path, n_train):
     assert metrics["train_images"] == n_train
     assert [h["stage"] for h in metrics["history"]] == [1, 1, 2]
     assert len(metrics["thresholds"]) == len(metrics["tags"])
+
+
+def test_spread_takes_first_last_and_evenly_between_never_more_than_there_are():
+    # The tag-bias sample, the int8 calibration photos and the untagged photos the refit is carried by.
+    assert spread(10, 3).tolist() == [0, 4, 9]
+    assert spread(3, 10).tolist() == [0, 1, 2]
+    assert spread(0, 5).tolist() == [] and spread(5, 0).tolist() == []
+    picked = spread(80_000, 512)
+    assert len(picked) == 512 and picked[0] == 0 and picked[-1] == 79_999 and (np.diff(picked) > 0).all()

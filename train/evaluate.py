@@ -58,7 +58,13 @@ def scores_from_features(model: HPDVAL, f_cls: torch.Tensor, f_patch: torch.Tens
 def photo_scores(model: HPDVAL, data: Prepared, indices: np.ndarray, device: torch.device, batch_size: int
                  ) -> np.ndarray:
     """Scores [N, C] of the cached photos `indices`, as validation scores them."""
-    return scores_from_features(model, *extract_features(model, data.cache, indices, batch_size, device), device)
+    return cache_scores(model, data.cache, indices, device, batch_size)
+
+
+def cache_scores(model: HPDVAL, cache: ImageCache, indices: np.ndarray, device: torch.device, batch_size: int
+                 ) -> np.ndarray:
+    """Scores [N, C] of rows `indices` of any photo cache (the labelled photos', or another)."""
+    return scores_from_features(model, *extract_features(model, cache, indices, batch_size, device), device)
 
 
 def evaluate(model: HPDVAL, data: Prepared, device: torch.device, batch_size: int,

@@ -17,7 +17,7 @@ from train.backbone import LoadedClip
 from train.cache import ImageCache, build_cache
 from train.config import Log, TrainConfig, TrainError
 from train.data import LabelledPhotos, collect_labels, histogram_lines
-from train.split import stratified_split
+from train.split import spread, stratified_split
 
 
 @dataclass
@@ -37,9 +37,7 @@ UNTAGGED_SAMPLE = 512  # untagged photos decoded for the refit's thresholds: a f
 
 def untagged_sample(paths: list[Path], n: int = UNTAGGED_SAMPLE) -> list[Path]:
     """Up to n of the untagged photos, spread evenly over their sorted order (folders, dates)."""
-    if len(paths) <= n:
-        return list(paths)
-    return [paths[i] for i in np.unique(np.linspace(0, len(paths) - 1, num=n).round().astype(int))]
+    return [paths[i] for i in spread(len(paths), n)]
 
 
 def _report_sources(photos: LabelledPhotos, labels_file: str, log: Log) -> None:

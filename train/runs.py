@@ -29,6 +29,7 @@ from tagger.images import Preprocess, load_image
 from train.backbone import LoadedClip, build_clip, tokenizer_for
 from train.cache import open_cache
 from train.model import ExportParts, HPDVAL, HPDVALConfig
+from train.split import spread
 
 CONFIG = "config.json"
 DATASET = "dataset.json"
@@ -128,8 +129,7 @@ class LoadedRun:
         train = [Path(p["path"]) for p in self.dataset["train"]]
         if n <= 0 or not train:
             return np.zeros((0, self.preprocess.size, self.preprocess.size, 3), np.uint8)
-        pick = np.unique(np.linspace(0, len(train) - 1, num=min(n, len(train))).round().astype(int))
-        return self._images([train[i] for i in pick])
+        return self._images([train[i] for i in spread(len(train), n)])
 
     def _images(self, paths: list[Path]) -> np.ndarray:
         size = self.preprocess.size

@@ -50,3 +50,11 @@ def stratified_split(targets: np.ndarray, val_fraction: float, seed: int = 0) ->
         fold[i] = side
         want_total[side] -= 1
     return np.flatnonzero(fold == 0), np.flatnonzero(fold == 1)
+
+
+def spread(n_items: int, n: int) -> np.ndarray:
+    """Indices of up to n of n_items, spread evenly from the first to the last (sorted, unique): a
+    sample that follows the order of the items (folders, dates) rather than a random draw."""
+    if n <= 0 or n_items <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.linspace(0, n_items - 1, num=min(n, n_items)).round().astype(np.int64))

@@ -25,6 +25,7 @@ from train.distributed import Single
 from train.evaluate import evaluate, extract_features
 from train.model import HPDVAL, normalize_pixels, standardize
 from train.prepare import Prepared
+from train.split import spread
 
 WISE_FT_MIXES = (0.25, 0.5, 0.75)  # weight of the fine-tuned student; 0 and 1 are candidates already
 BIAS_SAMPLE = 512  # training photos whose mean logit starts the tag bias (one inference pass)
@@ -149,7 +150,7 @@ class Trainer:
         """`HPDVAL.init_tag_bias` with each tag's mean logit over (up to max_photos) training photos."""
         model, train_idx = self.model, self.data.train_idx
         counts = self.data.targets[train_idx].sum(axis=0)
-        sample = train_idx[np.linspace(0, len(train_idx) - 1, num=min(max_photos, len(train_idx))).round().astype(int)]
+        sample = train_idx[spread(len(train_idx), max_photos)]
         f_cls, f_patch = extract_features(model, self.data.cache, np.unique(sample), self._eval_batch(), self.device)
         P_G, P_L = model.text_features()
         total = torch.zeros(len(model.labels), device=self.device)

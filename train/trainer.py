@@ -25,7 +25,7 @@ from train.backbone import LoadedClip, load_clip
 from train.config import (Log, TrainConfig, TrainError, check_config, check_same_setup, data_defaults,
                           pick_device, resolve_defaults)
 from train.cache import ImageCache, build_cache
-from train.evaluate import evaluate, extract_features, photo_scores, scores_from_features
+from train.evaluate import cache_scores, evaluate, photo_scores
 from train.losses import make_loss
 from train.metrics import bagged_thresholds, carried_thresholds, f1_summary, frequency_group, precision_recall
 from train.model import HPDVAL, HPDVALConfig
@@ -232,7 +232,8 @@ def refit(cfg: TrainConfig, data: Prepared, untagged: ImageCache | None, device:
     runs.save_checkpoint(run_dir / runs.BEST, {"model": model.inference_state_dict(), "stage": pick["stage"],
                                                "epoch": pick["epoch"], "refit": True})
     return {"photos": int(len(everything.train_idx)), "seconds": round(time.perf_counter() - started, 1),
-            "carried_by": {"labelled": int(len(carry_rows(data, untagged))), "untagged": _rows(untagged)},
+            "carried_by": {"labelled": int(len(carry_rows(data, untagged))),
+                           "untagged": 0 if untagged is None else len(untagged)},
             "thresholds": [round(float(t), 6) for t in thresholds], "validated_thresholds": metrics["thresholds"]}
 
 
@@ -251,7 +252,7 @@ def untagged_cache(cfg: TrainConfig, data: Prepared, clip: LoadedClip, run_dir: 
     if cache.failed:
         log(f"refit: {len(cache.failed)} of {len(data.untagged)} untagged photos could not be decoded; "
             "the thresholds are carried by the others")
-    return cache if len(cache.paths) else None
+    return cache if len(cache) else None
 
 
 def carry_scores(model: HPDVAL, data: Prepared, untagged: ImageCache | None, device: torch.device,
@@ -264,12 +265,10 @@ def carry_scores(model: HPDVAL, data: Prepared, untagged: ImageCache | None, dev
     validation photos double the count, at a cost: the validated model scored them unseen and the refit
     has trained on them, which sets the carried thresholds higher by the gap between the two (small
     with a pretrained prior; docs/training.md, "The refit")."""
-    rows = carry_rows(data, untagged)
-    scores = photo_scores(model, data, rows, device, batch_size)
+    scores = photo_scores(model, data, carry_rows(data, untagged), device, batch_size)
     if untagged is None:
         return scores
-    features = extract_features(model, untagged, np.arange(len(untagged.paths)), batch_size, device)
-    return np.vstack([scores, scores_from_features(model, *features, device)])
+    return np.vstack([scores, cache_scores(model, untagged, np.arange(len(untagged)), device, batch_size)])
 
 
 def carry_rows(data: Prepared, untagged: ImageCache | None) -> np.ndarray:
@@ -277,9 +276,6 @@ def carry_rows(data: Prepared, untagged: ImageCache | None) -> np.ndarray:
     score each of them alike: seen by both, or by neither), else every labelled photo."""
     return data.train_idx if untagged is not None else labelled(data)
 
-
-def _rows(cache: ImageCache | None) -> int:
-    return 0 if cache is None else len(cache.paths)
 
 
 def describe(best: dict) -> str:
