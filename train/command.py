@@ -53,7 +53,8 @@ def _parse_stages(ctx, param, value: str | None) -> tuple[int, ...] | None:
 @click.option("--labels", "labels", type=click.Path(dir_okay=False), metavar="FILE",
               help="Your tag vocabulary: one tag per line, # comments, Parent|Child allowed.")
 @click.option("--data", "data", type=click.Path(file_okay=False), metavar="DIR",
-              help="Folder of labelled photos (searched recursively).")
+              help="Folder of labelled photos (searched recursively). Untagged photos there are not trained on; "
+                   "up to 512 of them carry the thresholds to the refit.")
 @click.option("--annotations", type=click.Path(dir_okay=False), metavar="CSV",
               help="CSV rows `path,tag1;tag2`, paths relative to --data. Labels also come from sidecar "
                    "JSON \"labels\" and keywords in the photos.")
