@@ -61,12 +61,24 @@ def test_torchrun_two_processes_train_what_one_process_trains(tmp_path):
     # attention key biases, whose true gradient is exactly zero (softmax ignores a shift shared by all
     # keys), so each run steps them by ±lr on rounding noise alone, and they change no output.
     # Training on one rank's half, or with per-rank augmentation draws, moves weights by whole steps.
-    w1 = torch.load(tmp_path / "one" / "last.pt", weights_only=False)["model"]
-    w2 = torch.load(tmp_path / "two" / "last.pt", weights_only=False)["model"]
+    _assert_same_weights(tmp_path / "one" / "last.pt", tmp_path / "two" / "last.pt")
+
+    # The refit (the pick trained again on every labelled photo, best.pt) is shared the same way: the
+    # ranks take their slices of its global batches, and it ends where one process's refit ends. A
+    # refit run by rank 0 alone would say 1 process (and hold the global batch in one device's memory).
+    assert m1["refit"]["processes"] == 1 and m2["refit"]["processes"] == 2
+    assert m2["refit"]["photos"] == m1["refit"]["photos"] == m1["train_images"] + m1["val_images"]
+    _assert_same_weights(tmp_path / "one" / "best.pt", tmp_path / "two" / "best.pt")
+    assert m2["thresholds"] == pytest.approx(m1["thresholds"], abs=1e-3)
+
+
+def _assert_same_weights(one: Path, two: Path) -> None:
+    w1 = torch.load(one, weights_only=False)["model"]
+    w2 = torch.load(two, weights_only=False)["model"]
     assert w1.keys() == w2.keys()
     diffs = sorted(((_without_key_bias(k, w1[k]) - _without_key_bias(k, w2[k])).abs().max().item(), k)
                    for k in w1 if w1[k].is_floating_point())
-    print("largest weight differences", diffs[-4:])
+    print(one.name, "largest weight differences", diffs[-4:])
     assert diffs[-1][0] < TOLERANCE * LR, diffs[-1]
 
 

@@ -59,7 +59,8 @@ def _replayed(out: Path, checkpoint: Path, pick: dict, stage2_from: dict | None,
     model, loss_fn = build_model(cfg, clip, data, torch.device("cpu"))
     trainer = Trainer(cfg, model, loss_fn, data, torch.device("cpu"), out, lambda line: None, False)
     trainer.init_tag_bias()
-    trainer.replay(pick, stage2_from)
+    trainer.replay_stage1(pick, stage2_from)
+    trainer.replay_stage2(pick)
     return model.inference_state_dict()
 
 
@@ -215,3 +216,28 @@ def test_untagged_photos_under_data_carry_the_thresholds_too(checkpoint, tmp_pat
     validated = np.array(metrics["refit"]["validated_thresholds"])
     assert metrics["thresholds"] == pytest.approx(carried_thresholds(validated, *both), abs=1e-6)
     assert metrics["thresholds"] != pytest.approx(carried_thresholds(validated, *alone), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_a_refit_that_diverges_leaves_the_validated_pick(synthetic, checkpoint, tmp_path, monkeypatch):
+    # Catches: a refit whose scores are not finite (nothing validates it) replacing best.pt, or NaN
+    # thresholds carried into metrics.json and the exported model.
+    replay_stage2 = Trainer.replay_stage2
+
+    def diverging(self, pick):
+        replay_stage2(self, pick)
+        with torch.no_grad():  # what a step at a rate too high leaves behind
+            self.model.student.proj.fill_(float("nan"))
+
+    monkeypatch.setattr(Trainer, "replay_stage2", diverging)
+    out = tmp_path / "run"
+    result = _train(synthetic, checkpoint, out, "--epochs", 3, "--stage2-epochs", 2)
+    assert "warning: the refit diverged (scores not finite); best.pt stays the validated pick" in result.output
+    metrics = runs.read_json(out / runs.METRICS)
+    assert metrics["best"]["stage"] != 0 and "refit" not in metrics
+    assert not (out / runs.VALIDATED).exists()  # nothing left for a resume to mistake for a refit
+    best = runs.load_checkpoint(out / runs.BEST)
+    assert "refit" not in best and best["val"]["mAP"] == pytest.approx(metrics["val"]["mAP"], abs=1e-6)
+    assert all(torch.isfinite(v).all() for v in best["model"].values() if v.is_floating_point())
+    run = runs.load_run(out)  # what export reads: the validated pick at its own thresholds
+    assert np.isfinite(run.thresholds).all() and run.thresholds == pytest.approx(metrics["thresholds"])

@@ -5,8 +5,10 @@ WORLD_SIZE and LOCAL_RANK set. Stage 1 then runs data-parallel: every rank draws
 order and augmentation (train.stages.epoch_rng), takes its contiguous slice of each global batch,
 and DistributedDataParallel averages the gradients, so the run follows the one-process schedule
 (same global batch, same number of steps). Rank 0 alone builds the pixel cache, writes checkpoints,
-logs and shows progress. Stage 2 (prompt tuning on cached features, seconds to minutes) and the final
-calibration run on rank 0 alone after the others have left.
+logs and shows progress. Stage 2 (prompt tuning on cached features, seconds to minutes) and the
+calibration run on rank 0 alone while the others wait; then every rank takes its share of the refit's
+stage 1 (the picked recipe trained again on every labelled photo, train.trainer.refit) as it did of the
+first, and rank 0 finishes alone.
 
 Without WORLD_SIZE (a plain `tagger train`) nothing here starts a process group or wraps a module:
 `Single` answers every question the way one process would.
@@ -161,7 +163,7 @@ def from_environment() -> Single:
 
 def alone(dist: Single) -> bool:
     """End the data-parallel part: every rank meets, the group closes, and True on rank 0 (which
-    goes on alone with stage 2 and the calibration), False on the others (they are done)."""
+    goes on alone), False on the others (they are done)."""
     dist.barrier()
     dist.close()
     return dist.is_main

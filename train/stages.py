@@ -423,25 +423,30 @@ class Trainer:
         return terms
 
     # -- replay ----------------------------------------------------------------------------------------
-    def replay(self, pick: dict, stage2_from: dict | None) -> None:
+    def replay_stage1(self, pick: dict, stage2_from: dict | None) -> None:
         """Train a picked candidate's recipe again, validating nothing (the refit on every labelled photo,
-        train.trainer): stage 1 up to the picked epoch (every epoch and then the mix, for a WiSE-FT pick);
-        for a stage 2 pick, first the candidate stage 2 started from, then stage 2 up to the picked epoch.
-        The schedules are the validated run's: the same epochs, rates and cosine decay."""
+        train.trainer), first part: stage 1 up to the picked epoch (every epoch and then the mix, for a
+        WiSE-FT pick); for a stage 2 pick, the candidate stage 2 started from. The schedules are the
+        validated run's: the same epochs, rates and cosine decay. Under torchrun every rank runs it."""
         first = stage2_from if pick["stage"] == 2 else pick
-        if first is not None and first["stage"] == 1:
-            optimizer, scheduler, ema, use_kd = self._stage1_setup()
-            last = self.cfg.epochs if "wise_ft" in first else first["epoch"]
-            for epoch in range(1, last + 1):
-                loss, count, seconds = self._stage1_epoch(epoch, optimizer, scheduler, ema, use_kd)
-                self.log(f"refit stage 1 epoch {epoch}/{last}: loss {loss:.4f}, {count / max(seconds, 1e-9):.1f} img/s")
-            if ema is not None:
-                self.model.student.load_state_dict(ema.shadow, strict=False)
-            if "wise_ft" in first:
-                self._load_mix(self._tuned(), first["wise_ft"])
-        if pick["stage"] == 2:
-            features = extract_features(self.model, self.data.cache, self.data.train_idx, self._eval_batch(), self.device)
-            optimizer, scheduler = self._stage2_setup()
-            for epoch in range(1, pick["epoch"] + 1):
-                loss, _, _ = self._stage2_epoch(epoch, optimizer, scheduler, features)
-                self.log(f"refit stage 2 epoch {epoch}/{pick['epoch']}: loss {loss:.4f}")
+        if first is None or first["stage"] != 1:
+            return
+        optimizer, scheduler, ema, use_kd = self._stage1_setup()
+        last = self.cfg.epochs if "wise_ft" in first else first["epoch"]
+        for epoch in range(1, last + 1):
+            loss, count, seconds = self._stage1_epoch(epoch, optimizer, scheduler, ema, use_kd)
+            self.log(f"refit stage 1 epoch {epoch}/{last}: loss {loss:.4f}, {count / max(seconds, 1e-9):.1f} img/s")
+        if ema is not None:
+            self.model.student.load_state_dict(ema.shadow, strict=False)
+        if "wise_ft" in first:
+            self._load_mix(self._tuned(), first["wise_ft"])
+
+    def replay_stage2(self, pick: dict) -> None:
+        """The second part of a replay, on one process: stage 2 up to the picked epoch, for a stage 2 pick."""
+        if pick["stage"] != 2:
+            return
+        features = extract_features(self.model, self.data.cache, self.data.train_idx, self._eval_batch(), self.device)
+        optimizer, scheduler = self._stage2_setup()
+        for epoch in range(1, pick["epoch"] + 1):
+            loss, _, _ = self._stage2_epoch(epoch, optimizer, scheduler, features)
+            self.log(f"refit stage 2 epoch {epoch}/{pick['epoch']}: loss {loss:.4f}")

@@ -133,8 +133,8 @@ def _train(cfg: TrainConfig, resume: bool, log: Log, progress: bool, dist: distr
 
     stages = sorted(set(cfg.stages))
     for stage in stages:
-        if stage == 2 and not distributed.alone(dist):
-            return TrainResult(run_dir, {}, time.perf_counter() - started, trainer.history, rank=dist.rank)
+        if stage == 2 and not dist.is_main:
+            break  # rank 0 runs stage 2 alone; the others wait for the refit, which they share
         done = trainer.state["stage"]
         if done > stage:
             continue
@@ -149,30 +149,41 @@ def _train(cfg: TrainConfig, resume: bool, log: Log, progress: bool, dist: distr
         elif stage == 2 and cfg.stage2_epochs > 0:
             trainer.stage2(resume_from)
 
-    if not distributed.alone(dist):
-        return TrainResult(run_dir, {}, time.perf_counter() - started, trainer.history, rank=dist.rank)
-    metrics = finish(cfg, model, data, trainer, device, run_dir, time.perf_counter() - started)
-    for line in summary_lines(metrics):
-        log(line)
-    history, stage2_from = trainer.history, trainer.stage2_from
-    why_not = no_refit_because(cfg, saved_config, metrics["best"], stage2_from) if cfg.refit else None
-    if why_not:
-        log(f"no refit: {why_not}")
-    elif cfg.refit and metrics["best"]["stage"] != 0 and len(data.val_idx):
-        # The validated model's scores of the photos its thresholds are carried by.
-        untagged = untagged_cache(cfg, data, clip, run_dir, log, progress)
-        before = carry_scores(model, data, untagged, device, max(cfg.batch_size, 64))
+    recipe = before = untagged = None
+    if dist.is_main:
+        metrics = finish(cfg, model, data, trainer, device, run_dir, time.perf_counter() - started)
+        for line in summary_lines(metrics):
+            log(line)
+        why_not = no_refit_because(cfg, saved_config, metrics["best"], trainer.stage2_from) if cfg.refit else None
+        if why_not:
+            log(f"no refit: {why_not}")
+        elif cfg.refit and metrics["best"]["stage"] != 0 and len(data.val_idx):
+            recipe = (metrics["best"], trainer.stage2_from)
+            # The validated model's scores of the photos its thresholds are carried by.
+            untagged = untagged_cache(cfg, data, clip, run_dir, log, progress)
+            before = carry_scores(model, data, untagged, device, max(cfg.batch_size, 64))
+    recipe = dist.share(recipe)  # under torchrun every rank takes its share of the refit's stage 1
+    history = trainer.history
+    if recipe is not None:
         # The refit builds its own model: free the device of this one (the student is clip's own tower).
         del model, trainer, loss_fn, clip, payload
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        done = refit(cfg, data, untagged, device, run_dir, metrics, stage2_from, before, log, progress)
+        refit_started = time.perf_counter()
+        refitted = refit(cfg, data, recipe, device, run_dir, log, progress, dist)
+        if refitted is None:  # a rank other than 0: its share is done
+            return TrainResult(run_dir, {}, time.perf_counter() - started, history, rank=dist.rank)
+        refit_model, processes = refitted
+        done = adopt_refit(refit_model, data, untagged, device, max(cfg.batch_size, 64), run_dir, metrics, before, log)
         if done is not None:
+            done |= {"seconds": round(time.perf_counter() - refit_started, 1), "processes": processes}
             metrics = metrics | {"thresholds": done.pop("thresholds"), "refit": done,
                                  "elapsed_s": round(time.perf_counter() - started, 2)}
             runs.write_json(run_dir / runs.METRICS, metrics)
             log(refit_line(metrics))
+    elif not distributed.alone(dist):
+        return TrainResult(run_dir, {}, time.perf_counter() - started, history, rank=dist.rank)
     report = _write_report(run_dir, log)
     return TrainResult(run_dir, metrics, time.perf_counter() - started, history, report=report)
 
@@ -192,46 +203,61 @@ def candidate(best: dict) -> dict:
     return {k: best[k] for k in ("stage", "epoch", "wise_ft") if best.get(k) is not None}
 
 
-def refit(cfg: TrainConfig, data: Prepared, untagged: ImageCache | None, device: torch.device, run_dir: Path,
-          metrics: dict, stage2_from: dict | None, before: np.ndarray, log: Log, progress: bool) -> dict | None:
-    """Train the picked recipe again on every labelled photo, make it best.pt, and carry the thresholds
-    to it; returns what metrics.json records of it, the carried thresholds included (None when the
-    refit diverged and the validated pick stays).
+def refit(cfg: TrainConfig, data: Prepared, recipe: tuple[dict, dict | None], device: torch.device, run_dir: Path,
+          log: Log, progress: bool, dist: distributed.Single) -> tuple[HPDVAL, int] | None:
+    """Train the picked recipe (the pick, and the candidate its stage 2 started from) again on every
+    labelled photo; returns on rank 0 the model and how many processes shared its stage 1, None on the
+    other ranks once their share is done.
 
     Once validation has chosen, the photos it held out are worth more as training photos: with 2 to 5
     photos of a rare tag, the one in validation is a fifth to a half of all it has. The refit repeats
     the picked candidate's recipe (same epochs, rates and schedule, its WiSE-FT mix or stage 2 epoch;
     the batches are those of the larger set) on training and validation photos together, as a grid
-    search refits its winner. Nothing can be validated on photos the model has seen, so the validated
-    model stays as validated.pt and the validation figures in metrics.json remain its own; each
-    threshold is carried to the refit by the share of photos it lets through (`carry_scores`; `before`
-    holds the validated model's), since the refit's scores do not sit where the validated model's did.
-    Measured on the quality benchmark: docs/training.md, "The refit".
+    search refits its winner. Under torchrun its stage 1 is shared by the ranks as the first one was
+    (the same global batches: one process's math); stage 2 runs on rank 0. `adopt_refit` makes it
+    best.pt. Measured on the quality benchmark: docs/training.md, "The refit".
     """
-    pick = metrics["best"]
-    started = time.perf_counter()
+    pick, stage2_from = recipe
     everything = replace(data, train_idx=labelled(data))
-    log(f"refit: the picked recipe ({describe(pick)}) again on all {len(everything.train_idx)} labelled photos")
+    log(f"refit: the picked recipe ({describe(pick)}) again on all {len(everything.train_idx)} labelled photos"
+        + (f", {dist.world_size} processes" if dist.world_size > 1 else ""))
     validated = run_dir / runs.VALIDATED
-    if not validated.is_file():  # before best.pt changes: a run stopped mid-refit resumes from the validated pick
+    if dist.is_main and not validated.is_file():
+        # Before best.pt changes: a run stopped mid-refit resumes from the validated pick.
         tmp = validated.with_name(f".{validated.name}.tmp")
         shutil.copyfile(run_dir / runs.BEST, tmp)
         os.replace(tmp, validated)
     # The backbone again: the first model trained its tower in place.
     model, loss_fn = build_model(cfg, load_clip(cfg.backbone, cfg.pretrained, device="cpu"), everything, device)
-    replayer = Trainer(cfg, model, loss_fn, everything, device, run_dir, log, progress)
+    replayer = Trainer(cfg, model, loss_fn, everything, device, run_dir, log, progress, dist)
     replayer.init_tag_bias()
-    replayer.replay(pick, stage2_from)
-    after = carry_scores(model, data, untagged, device, max(cfg.batch_size, 64))
+    replayer.replay_stage1(pick, stage2_from)
+    if not distributed.alone(dist):
+        return None
+    replayer.replay_stage2(pick)
+    return model, replayer.dist.world_size
+
+
+def adopt_refit(model: HPDVAL, data: Prepared, untagged: ImageCache | None, device: torch.device, batch_size: int,
+                run_dir: Path, metrics: dict, before: np.ndarray, log: Log) -> dict | None:
+    """Make the refit model best.pt and carry the thresholds to it; returns what metrics.json records of
+    the refit, the carried thresholds included (None when it diverged and the validated pick stays).
+
+    Nothing can be validated on photos the model has seen, so the validated model stays as validated.pt
+    and the validation figures in metrics.json remain its own; each threshold is carried to the refit by
+    the share of photos it lets through (`carry_scores`; `before` holds the validated model's), since the
+    refit's scores do not sit where the validated model's did."""
+    after = carry_scores(model, data, untagged, device, batch_size)
     if not np.isfinite(after).all():
         # Nothing validates the refit; a diverged one must not replace the model that was validated.
-        validated.unlink()
+        (run_dir / runs.VALIDATED).unlink()
         log("warning: the refit diverged (scores not finite); best.pt stays the validated pick")
         return None
+    pick = metrics["best"]
     thresholds = carried_thresholds(np.array(metrics["thresholds"]), before, after)
     runs.save_checkpoint(run_dir / runs.BEST, {"model": model.inference_state_dict(), "stage": pick["stage"],
                                                "epoch": pick["epoch"], "refit": True})
-    return {"photos": int(len(everything.train_idx)), "seconds": round(time.perf_counter() - started, 1),
+    return {"photos": int(len(labelled(data))),
             "carried_by": {"labelled": int(len(carry_rows(data, untagged))),
                            "untagged": 0 if untagged is None else len(untagged)},
             "thresholds": [round(float(t), 6) for t in thresholds], "validated_thresholds": metrics["thresholds"]}
