@@ -17,7 +17,7 @@ from train.config import TrainConfig  # noqa: E402
 from train.losses import make_loss  # noqa: E402
 from train.model import HPDVAL, HPDVALConfig, dual_view_logits  # noqa: E402
 from train.prepare import Prepared  # noqa: E402
-from train.runs import load_checkpoint, load_run, validated_checkpoint  # noqa: E402
+from train.runs import METRICS, load_checkpoint, load_run, read_json, validated_checkpoint  # noqa: E402
 from train.stages import Trainer  # noqa: E402
 from train.synthetic import generate_dataset  # noqa: E402
 
@@ -131,7 +131,7 @@ def test_validation_scores_are_the_exported_scores_with_the_class_bias(synthetic
     _train(synthetic, out, "--pretrained", checkpoint, "--loss", "dbstar", "--epochs", 2, "--stage2-epochs", 1)
     run = load_run(out, validated_checkpoint(out).name)  # the model the thresholds were calibrated on
     assert float(run.parts.class_bias.abs().max()) > 0.05
-    from train.metrics import bagged_thresholds
+    from train.metrics import calibrated_thresholds
     from train.model import score_images
     with torch.no_grad():
         scores = score_images(run.parts, torch.from_numpy(run.validation_images())).numpy()
@@ -139,7 +139,9 @@ def test_validation_scores_are_the_exported_scores_with_the_class_bias(synthetic
     targets = np.zeros((len(run.dataset["val"]), len(run.labels)))
     for row, entry in enumerate(run.dataset["val"]):
         targets[row, [index[t] for t in entry["tags"]]] = 1
-    thresholds = bagged_thresholds(scores, targets, run.labels, seed=run.config["train"]["seed"])
+    # What the run calibrated: the bagged cuts pooled within each tag's frequency group (by training photos).
+    train_positives = [t["train_positives"] for t in read_json(out / METRICS)["tags"]]
+    thresholds = calibrated_thresholds(scores, targets, run.labels, train_positives, seed=run.config["train"]["seed"])
     assert np.allclose(thresholds, run.thresholds, atol=1e-5)
 
 

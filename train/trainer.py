@@ -27,7 +27,7 @@ from train.config import (Log, TrainConfig, TrainError, check_config, check_same
 from train.cache import ImageCache, build_cache
 from train.evaluate import cache_scores, evaluate, photo_scores
 from train.losses import make_loss
-from train.metrics import bagged_thresholds, carried_thresholds, f1_summary, frequency_group, precision_recall
+from train.metrics import calibrated_thresholds, carried_thresholds, f1_summary, frequency_group, precision_recall
 from train.model import HPDVAL, HPDVALConfig
 from train.prepare import Prepared, prepare_data
 from train.stages import Trainer, load_model_state
@@ -338,11 +338,11 @@ def finish(cfg: TrainConfig, model: HPDVAL, data: Prepared, trainer: Trainer, de
     load_model_state(model, best["model"])
     summary, scores = evaluate(model, data, device, max(cfg.batch_size, 64))
     val_targets = data.targets[data.val_idx]
-    thresholds = bagged_thresholds(scores, val_targets, data.labels, seed=cfg.seed)
+    train_counts = data.targets[data.train_idx].sum(axis=0)
+    thresholds = calibrated_thresholds(scores, val_targets, data.labels, train_counts, seed=cfg.seed)
     f1 = f1_summary(scores, val_targets, thresholds, data.labels)
     precision, recall = precision_recall(scores, val_targets, thresholds, data.labels)
     runs.save_val_scores(run_dir, scores)  # the report's thumbnails and curves: `tagger report` reuses them
-    train_counts = data.targets[data.train_idx].sum(axis=0)
     val_counts = val_targets.sum(axis=0)
     tags = [{"tag": tag, "group": frequency_group(int(n)), "train_positives": int(n), "val_positives": int(v),
              "ap": ap, "f1": f, "precision": p, "recall": r, "threshold": round(float(t), 6)}

@@ -6,8 +6,9 @@
 Reads the run folders the last full `bench.quality.run_all` left in its result cache (by default the
 long-tailed setting, every seed of both tasks; --worlds adds task A's other frequency orders that
 `bench.quality.worlds` ran, where they are cached), scores the test photos with each run's exported graph, cuts each
-tag at the threshold `tagger train` calibrates from the run's validation scores (bagged max-F1 cuts,
-train.metrics.bagged_thresholds; children bring their vocabulary parents, as tagging does) and prints
+tag at the threshold `tagger train` calibrates from the run's validation scores (bagged max-F1 cuts pooled
+within frequency groups, train.metrics.calibrated_thresholds; children bring their vocabulary parents, as
+tagging does) and prints
 macro and micro F1 and macro precision and recall, mean ± sd over seeds, as a Markdown table. Two
 more columns cut the same scores another way: at each tag's max-F1 cut on the validation split alone
 (the calibration before bagging), and at one global threshold for every tag (the best single one on
@@ -26,7 +27,7 @@ from bench.quality import pretrain_vlm, worlds
 from bench.quality.methods import scores_of_run
 from bench.quality.run_all import Plan, TaskSpec, load_test_pixels, written_metrics
 from train import runs
-from train.metrics import bagged_thresholds, calibrate_thresholds, f1_summary
+from train.metrics import calibrate_thresholds, calibrated_thresholds, f1_summary
 from train.report import load_val_scores, val_targets
 
 
@@ -73,8 +74,9 @@ def f1_table(plan: Plan, cache_root: Path, methods: list[str], settings=("long-t
 def _f1_row(run, run_dir: Path, pixels: np.ndarray, test_targets: np.ndarray) -> tuple:
     scores = scores_of_run(run_dir, pixels)
     val, val_y = load_val_scores(run_dir, run.dataset), val_targets(run.dataset)
-    # What the trainer stores now (a run cached before bagging stored the unbagged cut).
-    thresholds = bagged_thresholds(val, val_y, run.labels, seed=run.config["train"]["seed"])
+    # What the trainer calibrates now (a run cached before bagging or pooling stored another cut).
+    train_positives = [t["train_positives"] for t in runs.read_json(run_dir / runs.METRICS)["tags"]]
+    thresholds = calibrated_thresholds(val, val_y, run.labels, train_positives, seed=run.config["train"]["seed"])
     written = written_metrics(scores, test_targets, thresholds, run.labels)
     single, _ = calibrate_thresholds(val, val_y, run.labels)
     one = np.full(len(run.labels), global_threshold(val, val_y))

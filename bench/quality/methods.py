@@ -45,7 +45,7 @@ from train import runs
 from train.backbone import load_clip
 from train.data import collect_labels
 from train.losses import make_loss
-from train.metrics import bagged_thresholds, carried_thresholds, map_summary
+from train.metrics import calibrated_thresholds, carried_thresholds, map_summary
 from train.model import normalize_pixels, score_images
 from train.split import stratified_split
 
@@ -272,7 +272,7 @@ def linear_probe(setting: Setting, backbone: str, pretrained: str, seed: int, te
         if best is None or (summary["mAP"] or -1) > (best[0]["mAP"] or -1):
             best = (summary, decay, val_scores, head)
     summary, decay, val_scores, validated = best
-    thresholds = bagged_thresholds(val_scores, photos.targets[val_idx], labels, seed=seed)
+    thresholds = calibrated_thresholds(val_scores, photos.targets[val_idx], labels, train_counts, seed=seed)
     # The refit, as `tagger train` does it: the picked decay again on the training and validation photos,
     # the thresholds carried to it by the share of training photos they let through.
     everything = np.union1d(train_idx, val_idx)
