@@ -276,7 +276,7 @@ def write_report(results_dir: Path, out: Path = DOCS / "quality.md") -> Path:
         "`--val-fraction 0.5`). Test split only scored; mean ± sd over seeds. mAP scores how each tag "
         "ranks the test photos, which is what the targets are set on; the tables also give what a user "
         "gets written: test F1 (macro over tags) with every tag cut at the threshold calibrated on the "
-        "run's validation split (bagged max-F1 cuts, `docs/training.md` \"Thresholds\"; a chosen child brings "
+        "run's validation split (bagged max-F1 cuts pooled within frequency groups, `docs/training.md` \"Thresholds\"; a chosen child brings "
         "its parents, as `tagger tag` decides), and the macro precision and recall behind it.",
         "",
     ]
