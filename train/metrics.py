@@ -126,7 +126,7 @@ def pooled_thresholds(thresholds: np.ndarray, val_positives, train_positives, po
 
     A rare tag's bagged cut still rests on its 1 to 4 validation positives; the tags of its group have
     similar priors and scores, so their typical cut is a better guess than one photo's luck (empirical
-    Bayes). On the quality benchmark this raised test F1 in 11 of 12 settings (docs/training.md,
+    Bayes). On the quality benchmark this raised the default's test F1 in 5 of 6 settings (docs/training.md,
     "Thresholds"), and a tag with no validation positive, which kept 0.5, wrote almost nothing.
     """
     thresholds = np.asarray(thresholds, dtype=np.float64)
