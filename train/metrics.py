@@ -97,11 +97,10 @@ def bagged_thresholds(scores: np.ndarray, targets: np.ndarray, labels: list[str]
     weights = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
     cuts, f1s = _max_f1_cuts(scores, targets, labels, weights)
     votes = ~np.isnan(f1s)
-    eps = 1e-7
-    z = np.log(np.clip(cuts, eps, 1 - eps)) - np.log1p(-np.clip(cuts, eps, 1 - eps))
+    z = _logit(cuts)
     with np.errstate(invalid="ignore"):
         mean = np.where(votes, z, 0.0).sum(axis=0) / votes.sum(axis=0)
-    bagged = 1.0 / (1.0 + np.exp(-mean))
+    bagged = _sigmoid(mean)
     # Where every voting resample cut at the same place (a parent left to its children's photos: just
     # above its highest validation score), keep that value exactly: the logit round trip could land it a
     # hair below, and the parent would tag its top photo by its own score.
@@ -129,12 +128,9 @@ def pooled_thresholds(thresholds: np.ndarray, val_positives, train_positives, po
     Bayes). On the quality benchmark this raised the default's test F1 in 5 of 6 settings (docs/training.md,
     "Thresholds"), and a tag with no validation positive, which kept 0.5, wrote almost nothing.
     """
-    thresholds = np.asarray(thresholds, dtype=np.float64)
     n = np.asarray(val_positives, dtype=np.float64)
     groups = np.array([frequency_group(int(c)) for c in train_positives])
-    eps = 1e-7
-    clipped = np.clip(thresholds, eps, 1 - eps)
-    z = np.log(clipped) - np.log1p(-clipped)
+    z = _logit(thresholds)
     calibrated = n > 0
     fallback = float(np.median(z[calibrated])) if calibrated.any() else None
     out = z.copy()
@@ -144,9 +140,19 @@ def pooled_thresholds(thresholds: np.ndarray, val_positives, train_positives, po
         centre = float(np.median(z[known])) if known.any() else fallback
         if centre is None:
             continue  # no tag has a validation positive: nothing to pool, the defaults stay
-        weight = np.divide(n[members], n[members] + pool, out=np.zeros(int(members.sum())), where=n[members] > 0)
+        weight = n[members] / np.maximum(n[members] + pool, 1.0)  # 0 without a positive, also at pool 0
         out[members] = weight * z[members] + (1 - weight) * centre
-    return 1.0 / (1.0 + np.exp(-out))
+    return _sigmoid(out)
+
+
+def _logit(p: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """Thresholds to logit space, where sigmoid scores spread evenly (0 and 1 clipped)."""
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
 
 
 def calibrated_thresholds(scores: np.ndarray, targets: np.ndarray, labels: list[str] | None, train_positives,
