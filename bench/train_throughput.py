@@ -1,11 +1,11 @@
 """Training throughput per stage, and what the decoded-image cache saves, measured in one run.
 
-    python bench/train_throughput.py [--photos 192] [--backbones tiny,ViT-B-32] [--device auto]
+    python bench/train_throughput.py [--photos 192] [--backbones tiny,ViT-B-32] [--device auto] [--epochs 2]
 
 Weights are random (nothing is downloaded; speed does not depend on their values) but are passed as a
 checkpoint file, so the frozen teacher runs and L_kd is paid for as in a real run from pretrained
 weights. Per backbone:
-  1. `train()` for 2 epochs per stage: images/s of stage 1 (augment + student forward/backward +
+  1. `train()` for --epochs epochs per stage (2): images/s of stage 1 (augment + student forward/backward +
      teacher forward), of stage 2's one-off feature pass, and of stage 2 prompt tuning;
   2. with the same model, one stage-1 epoch reading the uint8 memmap cache against one decoding the
      JPEGs batch by batch (threaded, `--workers`), which is what training without the cache costs.
@@ -42,7 +42,9 @@ def stage_rates(cfg: TrainConfig) -> dict:
     result = train(cfg, log=quiet, progress=False)
     rates = {}
     for stage in (1, 2):
-        values = [h["images_per_s"] for h in result.history if h["stage"] == stage]
+        # Training epochs only: the history also holds evaluations that train nothing (the untrained
+        # model, the WiSE-FT mixes), recorded at 0 images/s.
+        values = [h["images_per_s"] for h in result.history if h["stage"] == stage and h["images_per_s"] > 0]
         rates[stage] = statistics.median(values[1:] or values)  # the first epoch warms up
     rates["features"] = result.metrics["timings"].get("stage2_features_images_per_s")
     return rates
@@ -87,6 +89,7 @@ def main() -> None:
                         help="photo size: decoding cost grows with it")
     parser.add_argument("--backbones", default="tiny,ViT-B-32")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per stage; rates leave out the first")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -109,7 +112,7 @@ def main() -> None:
         torch.save(load_clip(backbone, None).model.state_dict(), weights)
         cfg = TrainConfig(labels=str(data.labels_file), data=str(data.train_dir), annotations=str(data.train_csv),
                           out=str(work / f"run-{name}"), keywords=False, backbone=backbone, pretrained=str(weights),
-                          device=args.device, epochs=2, stage2_epochs=2, batch_size=args.batch_size, lr=1e-5,
+                          device=args.device, epochs=args.epochs, stage2_epochs=args.epochs, batch_size=args.batch_size, lr=1e-5,
                           drop_empty=True, workers=args.workers)
         rates = stage_rates(cfg)
         cached, decoded = cache_effect(cfg, args.workers)
