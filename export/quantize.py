@@ -136,4 +136,30 @@ def convert_fp16(fp32: bytes) -> bytes:
     proto = onnx.load_from_string(fp32)
     half = convert_float_to_float16(proto, keep_io_types=True,
                                     op_block_list=["TopK", "Sigmoid", "ReduceL2", "LayerNormalization"])
-    return half.SerializeToString()
+    return without_repeated_nodes(half).SerializeToString()
+
+
+def without_repeated_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop nodes that repeat an earlier node exactly (same op, inputs, outputs, attributes).
+
+    The exporter stores equal weights once (an untrained model's LayerNorms all hold ones and zeros),
+    and ONNX Runtime's fp16 converter before 1.32 inserts one fp32 Cast of such a weight per blocked
+    node that reads it, every one with the same name and output: a graph ONNX Runtime refuses to load
+    ("two nodes with same node name"; seen with onnxruntime 1.30 on a GPU machine). The copies compute
+    the same value, so one is kept. Two different nodes writing one output are a real error.
+    """
+    seen: dict[tuple[str, ...], bytes] = {}
+    kept = []
+    for node in proto.graph.node:
+        outputs = tuple(node.output)
+        if outputs in seen:
+            if seen[outputs] != node.SerializeToString():
+                raise ExportError(f"fp16: two different nodes write {', '.join(outputs)}; use --quantize int8 "
+                                  "or the fp32 model")
+            continue
+        seen[outputs] = node.SerializeToString()
+        kept.append(node)
+    if len(kept) < len(proto.graph.node):
+        del proto.graph.node[:]
+        proto.graph.node.extend(kept)
+    return proto

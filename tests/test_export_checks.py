@@ -78,6 +78,35 @@ def test_fp16_variant_keeps_the_contract_and_agrees(untrained, tmp_path):
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in inits)
 
 
+def _cast_twice(second_to: int) -> onnx.ModelProto:
+    """y = float32(w) + x, where w's Cast is written twice, as ONNX Runtime's fp16 converter before 1.32
+    writes one Cast of a shared weight per node reading it; the copy casts to `second_to`."""
+    from onnx import TensorProto, helper
+    weight = helper.make_tensor("w", TensorProto.FLOAT16, [2], [1.5, -2.0])
+    casts = [helper.make_node("Cast", ["w"], ["w_cast_to_fp32"], name="w_cast_to_fp32_node", to=to)
+             for to in (TensorProto.FLOAT, second_to)]
+    add = helper.make_node("Add", ["x", "w_cast_to_fp32"], ["y"], name="add")
+    graph = helper.make_graph([*casts, add], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fp16_graph_keeps_one_of_each_repeated_cast():
+    import onnxruntime as ort
+    from export.quantize import without_repeated_nodes
+
+    proto = _cast_twice(onnx.TensorProto.FLOAT)
+    with pytest.raises(Exception, match="same node name"):  # what ONNX Runtime says of the converter's graph
+        ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    fixed = without_repeated_nodes(proto)
+    assert [n.op_type for n in fixed.graph.node] == ["Cast", "Add"]
+    session = ort.InferenceSession(fixed.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"x": np.array([1.0, 1.0], np.float32)})[0].tolist() == [2.5, -1.0]
+    # Two nodes that write one value differently are not copies: an error, not a silent pick.
+    with pytest.raises(ExportError, match="two different nodes write w_cast_to_fp32"):
+        without_repeated_nodes(_cast_twice(onnx.TensorProto.DOUBLE))
+
+
 def test_int8_keeps_the_scoring_head_in_fp32(untrained):
     model, preprocess = untrained
     proto = export_graph(ScoringGraph(model.export_parts()), preprocess.size)
