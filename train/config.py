@@ -190,3 +190,25 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def precision(device: torch.device, exact: bool):
+    """The arithmetic of a scoring pass. `exact`: float32 as the exported model computes it, for the
+    scores thresholds are calibrated on and metrics.json reports (under bf16 a CUDA run's validation
+    mAP was 0.1 off the exported model's, and its thresholds were cut on scores ONNX never gives).
+    Otherwise the device's training precision, which is enough to rank checkpoints."""
+    return _float32(device) if exact else autocast(device)
+
+
+@contextlib.contextmanager
+def _float32(device: torch.device):
+    """No autocast, and no TF32 either: cuDNN allows it for convolutions (the patch embedding) by default."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from train.cache import ImageCache
-from train.config import autocast
+from train.config import precision
 from train.metrics import map_summary
 from train.model import HPDVAL, normalize_pixels
 from train.prepare import Prepared
@@ -20,8 +20,9 @@ FEATURE_FP16_BYTES = 1 << 30
 
 @torch.no_grad()
 def extract_features(model: HPDVAL, cache: ImageCache, indices: np.ndarray, batch_size: int,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The student's (f_cls [N, D], f_patch [N, P, D]) on CPU for un-augmented cached photos.
+                     device: torch.device, exact: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's (f_cls [N, D], f_patch [N, P, D]) on CPU for un-augmented cached photos, in the
+    device's training precision or, `exact`, in the exported model's float32 (`config.precision`).
 
     Patch features of many photos are large (10,000 photos of ViT-B/16: 4 GB in float32), so past
     FEATURE_FP16_BYTES they are kept in float16 and cast back per batch.
@@ -33,7 +34,7 @@ def extract_features(model: HPDVAL, cache: ImageCache, indices: np.ndarray, batc
     for start in range(0, len(indices), batch_size):
         chunk = indices[start:start + batch_size]
         pixels = normalize_pixels(torch.from_numpy(cache.get(chunk)).to(device), model.mean, model.std)
-        with autocast(device):
+        with precision(device, exact):
             f_cls, f_patch, _ = model.encode(pixels)
         cls_parts.append(f_cls.float().cpu())
         patch_parts.append(f_patch.to(torch.float16 if half else torch.float32).cpu())
@@ -55,23 +56,23 @@ def scores_from_features(model: HPDVAL, f_cls: torch.Tensor, f_patch: torch.Tens
     return torch.cat(out).numpy() if out else np.zeros((0, len(model.labels)), np.float32)
 
 
-def photo_scores(model: HPDVAL, data: Prepared, indices: np.ndarray, device: torch.device, batch_size: int
-                 ) -> np.ndarray:
+def photo_scores(model: HPDVAL, data: Prepared, indices: np.ndarray, device: torch.device, batch_size: int,
+                 exact: bool = False) -> np.ndarray:
     """Scores [N, C] of the cached photos `indices`, as validation scores them."""
-    return cache_scores(model, data.cache, indices, device, batch_size)
+    return cache_scores(model, data.cache, indices, device, batch_size, exact)
 
 
-def cache_scores(model: HPDVAL, cache: ImageCache, indices: np.ndarray, device: torch.device, batch_size: int
-                 ) -> np.ndarray:
+def cache_scores(model: HPDVAL, cache: ImageCache, indices: np.ndarray, device: torch.device, batch_size: int,
+                 exact: bool = False) -> np.ndarray:
     """Scores [N, C] of rows `indices` of any photo cache (the labelled photos', or another)."""
-    return scores_from_features(model, *extract_features(model, cache, indices, batch_size, device), device)
+    return scores_from_features(model, *extract_features(model, cache, indices, batch_size, device, exact), device)
 
 
 def evaluate(model: HPDVAL, data: Prepared, device: torch.device, batch_size: int,
-             features: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[dict, np.ndarray]:
-    """Validation mAP summary and the scores [N_val, C]."""
+             features: tuple[torch.Tensor, torch.Tensor] | None = None, exact: bool = False) -> tuple[dict, np.ndarray]:
+    """Validation mAP summary and the scores [N_val, C]; `exact` as in `extract_features`."""
     if features is None:
-        features = extract_features(model, data.cache, data.val_idx, batch_size, device)
+        features = extract_features(model, data.cache, data.val_idx, batch_size, device, exact)
     scores = scores_from_features(model, *features, device)
     summary = map_summary(scores, data.targets[data.val_idx], data.targets[data.train_idx].sum(axis=0))
     return summary, scores

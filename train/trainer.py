@@ -291,10 +291,10 @@ def carry_scores(model: HPDVAL, data: Prepared, untagged: ImageCache | None, dev
     validation photos double the count, at a cost: the validated model scored them unseen and the refit
     has trained on them, which sets the carried thresholds higher by the gap between the two (small
     with a pretrained prior; docs/training.md, "The refit")."""
-    scores = photo_scores(model, data, carry_rows(data, untagged), device, batch_size)
+    scores = photo_scores(model, data, carry_rows(data, untagged), device, batch_size, exact=True)
     if untagged is None:
         return scores
-    return np.vstack([scores, cache_scores(model, untagged, np.arange(len(untagged)), device, batch_size)])
+    return np.vstack([scores, cache_scores(model, untagged, np.arange(len(untagged)), device, batch_size, exact=True)])
 
 
 def carry_rows(data: Prepared, untagged: ImageCache | None) -> np.ndarray:
@@ -336,7 +336,7 @@ def finish(cfg: TrainConfig, model: HPDVAL, data: Prepared, trainer: Trainer, de
     """Reload the best checkpoint, calibrate thresholds on validation and write metrics.json."""
     best = runs.load_checkpoint(runs.validated_checkpoint(run_dir))
     load_model_state(model, best["model"])
-    summary, scores = evaluate(model, data, device, max(cfg.batch_size, 64))
+    summary, scores = evaluate(model, data, device, max(cfg.batch_size, 64), exact=True)  # what export computes
     val_targets = data.targets[data.val_idx]
     train_counts = data.targets[data.train_idx].sum(axis=0)
     thresholds = calibrated_thresholds(scores, val_targets, data.labels, train_counts, seed=cfg.seed)
