@@ -61,6 +61,24 @@ def test_every_job_leaves_test_metrics(toy_run):
     assert any(line.startswith("[") and "no_kd" in line for line in lines)
 
 
+def test_one_job_runs_a_job_of_the_full_run_again_elsewhere_to_the_same_result(toy_run, tmp_path):
+    # bench.quality.one_job: how a GPU's run compares with the full run's needs the same job, not a
+    # look-alike, and must leave the full run's results alone.
+    from bench.quality import one_job
+    root, _, _ = toy_run
+    [(mine, full)] = one_job.jobs(["objects:long-tailed:default:0"], root / "cache", tmp_path, plan=toy_plan())
+    assert mine.folder.is_relative_to(tmp_path) and mine.key() == full.key()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the full run's workers: the same float sums
+    try:
+        again = run_all.run_job(mine)
+    finally:
+        torch.set_num_threads(threads)
+    assert again["test"] == run_all.cached_result(full)["test"]
+    with pytest.raises(SystemExit, match="TASK:SETTING:METHOD:SEED"):
+        one_job.jobs(["objects:long-tailed:default"], root / "cache", tmp_path, plan=toy_plan())
+
+
 def test_default_run_is_a_run_folder_export_can_load(toy_run):
     root, summary, _ = toy_run
     run_dir = next((root / "cache").glob("results-*/hier/long-tailed/default/seed-0/run"))

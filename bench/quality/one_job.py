@@ -21,13 +21,13 @@ import torch
 
 from bench.quality import pretrain_vlm
 from bench.quality.methods import METHODS
-from bench.quality.run_all import TASKS, Job, Plan, cached_result, run_job, settings_for
+from bench.quality.run_all import Job, Plan, cached_result, run_job, settings_for
 
 
-def jobs(names: list[str], cache: Path, out: Path) -> list[tuple[Job, Job]]:
+def jobs(names: list[str], cache: Path, out: Path, plan: Plan | None = None) -> list[tuple[Job, Job]]:
     """(job to run under `out`, the same job of the full run under `cache`) per name."""
-    plan = Plan.full()
-    specs = {spec.name: spec for spec in TASKS}
+    plan = plan or Plan.full()
+    specs = {spec.name: spec for spec in plan.tasks}
     checkpoint = cache / f"vlm-{plan.vlm.key()}" / "vlm.pt"
     results = cache / f"results-{plan.vlm.key()}"
     size = json.loads(Path(plan.vlm.backbone).read_text())["vision_cfg"]["image_size"]  # test pixels per size
