@@ -2,6 +2,7 @@
 and prompts go where they belong, validation scores are the exported scores, the untrained model and
 the best stage 1 student are where selection says they are. Each test names the breakage it catches."""
 import json
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +125,20 @@ def synthetic(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_exact_scoring_on_cuda_is_float32_without_tf32_and_restores_the_flags():
+    # Catches: TF32 left on for cuDNN's convolutions (its default) while the scores thresholds are cut
+    # on are computed; only flags change, so no GPU is needed. With one, also a caller's autocast left on
+    # (without one PyTorch turns CUDA autocast off by itself, so that part cannot fail here).
+    from train.config import precision
+    cuda = torch.device("cuda")
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    outer = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if torch.cuda.is_available() else nullcontext()
+    with outer, precision(cuda, exact=True):
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        assert not torch.is_autocast_enabled("cuda")
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
+
+
 @pytest.mark.parametrize("ranking", ["float32", "bf16"])
 def test_validation_scores_are_the_exported_scores_with_the_class_bias(synthetic, checkpoint, tmp_path, monkeypatch,
                                                                       ranking):

@@ -202,13 +202,15 @@ def precision(device: torch.device, exact: bool):
 
 @contextlib.contextmanager
 def _float32(device: torch.device):
-    """No autocast, and no TF32 either: cuDNN allows it for convolutions (the patch embedding) by default."""
+    """No autocast (also inside a caller's), and no TF32 either: cuDNN allows it for convolutions (the
+    patch embedding) by default."""
     if device.type != "cuda":
         yield
         return
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        yield
+        with torch.autocast(device_type="cuda", enabled=False):
+            yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
