@@ -112,8 +112,8 @@ def main() -> None:
         torch.save(load_clip(backbone, None).model.state_dict(), weights)
         cfg = TrainConfig(labels=str(data.labels_file), data=str(data.train_dir), annotations=str(data.train_csv),
                           out=str(work / f"run-{name}"), keywords=False, backbone=backbone, pretrained=str(weights),
-                          device=args.device, epochs=args.epochs, stage2_epochs=args.epochs, batch_size=args.batch_size, lr=1e-5,
-                          drop_empty=True, workers=args.workers)
+                          device=args.device, epochs=args.epochs, stage2_epochs=args.epochs,
+                          batch_size=args.batch_size, lr=1e-5, drop_empty=True, workers=args.workers)
         rates = stage_rates(cfg)
         cached, decoded = cache_effect(cfg, args.workers)
         if device.type == "cuda":

@@ -148,16 +148,16 @@ def without_repeated_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     ("two nodes with same node name"; seen with onnxruntime 1.30 on a GPU machine). The copies compute
     the same value, so one is kept. Two different nodes writing one output are a real error.
     """
-    seen: dict[tuple[str, ...], bytes] = {}
+    seen: dict[tuple[str, ...], onnx.NodeProto] = {}
     kept = []
     for node in proto.graph.node:
         outputs = tuple(node.output)
         if outputs in seen:
-            if seen[outputs] != node.SerializeToString():
+            if seen[outputs] != node:  # protobuf messages compare field by field
                 raise ExportError(f"fp16: two different nodes write {', '.join(outputs)}; use --quantize int8 "
                                   "or the fp32 model")
             continue
-        seen[outputs] = node.SerializeToString()
+        seen[outputs] = node
         kept.append(node)
     if len(kept) < len(proto.graph.node):
         del proto.graph.node[:]

@@ -12,16 +12,15 @@ machine.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from bench.quality import pretrain_vlm
 from bench.quality.methods import METHODS
-from bench.quality.run_all import Job, Plan, cached_result, run_job, settings_for
+from bench.quality.run_all import Job, Plan, cached_result, load_test_pixels, run_job, settings_for
+from train.backbone import load_clip
 
 
 def jobs(names: list[str], cache: Path, out: Path, plan: Plan | None = None) -> list[tuple[Job, Job]]:
@@ -30,7 +29,7 @@ def jobs(names: list[str], cache: Path, out: Path, plan: Plan | None = None) -> 
     specs = {spec.name: spec for spec in plan.tasks}
     checkpoint = cache / f"vlm-{plan.vlm.key()}" / "vlm.pt"
     results = cache / f"results-{plan.vlm.key()}"
-    size = json.loads(Path(plan.vlm.backbone).read_text())["vision_cfg"]["image_size"]  # test pixels per size
+    preprocess = load_clip(plan.vlm.backbone, str(checkpoint)).preprocess  # the test pixels are cached per size
     pairs = []
     for name in names:
         try:
@@ -43,7 +42,7 @@ def jobs(names: list[str], cache: Path, out: Path, plan: Plan | None = None) -> 
         settings = {s.name: s for s in settings_for(task, plan)}
         if setting_name not in settings:
             raise SystemExit(f"{name}: setting one of {', '.join(settings)}")
-        pixels = np.load(results / spec.name / f"test-pixels-{size}.npy")
+        pixels = load_test_pixels(task, preprocess, results / spec.name)
 
         def job(folder: Path) -> Job:
             return Job(folder / spec.name, spec.config.key(), task, pixels, settings[setting_name], method,
