@@ -307,8 +307,10 @@ def test_ema_student_is_averaged_over_the_steps_and_is_the_one_kept(synthetic, c
     start = {k: v for k, v in torch.load(checkpoint).items() if k.startswith("visual.")}
     payload = load_checkpoint(out / "last.pt")
     shadow = payload["ema"]
-    moved = [k for k, v in shadow.items() if not torch.equal(v, start[f"visual.{k}"])]
-    assert "proj" in moved and len(moved) > len(shadow) // 2
+    tower = {k: v for k, v in shadow.items() if f"visual.{k}" in start}  # the free branch's copy aside
+    moved = [k for k, v in tower.items() if not torch.equal(v, start[f"visual.{k}"])]
+    assert "proj" in moved and len(moved) > len(tower) // 2
+    assert "free_branch.proj" in shadow  # the free branch is averaged with the tower
     saved = payload["model"]
     assert all(torch.equal(saved[f"student.{k}"], v) for k, v in shadow.items())
 

@@ -119,6 +119,9 @@ def _parse_stages(ctx, param, value: str | None) -> tuple[int, ...] | None:
                    "(1) [default: 2: one epoch's spike on a few validation photos is not an optimum].")
 @click.option("--train-blocks", type=click.IntRange(min=0), default=None,
               help="Stage 1 trains only the last N transformer blocks [default: 0, all].")
+@click.option("--free-blocks", type=click.IntRange(min=0), default=None,
+              help="The tower's last N blocks get a second copy that L_kd does not hold; the tags are scored by "
+                   "the mean of both copies [default: every block while L_kd is on; 0: no copy].")
 @click.option("--no-augment", is_flag=True, help="No crop/flip/colour augmentation in stage 1.")
 @click.option("--crop-area", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
               help="Smallest random crop in stage 1, as a fraction of the photo's area [default: 0.8, every "

@@ -77,6 +77,9 @@ class TrainConfig:
     refit: bool = True
     select_window: int = 2  # an epoch is selected on the mean validation mAP of it and the one before (1: its own)
     train_blocks: int = 0  # stage 1 trains only the last N transformer blocks (0: all)
+    # The tower's last N blocks get a second copy that L_kd does not hold, the logits the mean of both
+    # copies' (train.free_branch); None: picked from the tower (`tower_defaults`), 0: none.
+    free_blocks: int | None = None
     augment: bool = True
     crop_area: float = CROP_AREA  # the smallest stage 1 crop, a fraction of the photo's area (train.augment)
     drop_empty: bool = False  # drop tags with no positive photo instead of stopping
@@ -106,6 +109,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise TrainError(None, "--val-fraction must be between 0 and 1")
     if (cfg.batch_size is not None and cfg.batch_size < 1) or (cfg.epochs or 0) < 0 or (cfg.stage2_epochs or 0) < 0:
         raise TrainError(None, "--batch-size must be positive and epochs not negative")
+    if cfg.free_blocks is not None and cfg.free_blocks < 0:
+        raise TrainError(None, "--free-blocks must be 0 (no free branch) or more")
     if cfg.device not in DEVICES:
         raise TrainError(None, f"--device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, not {cfg.device!r}")
 
@@ -159,6 +164,21 @@ def data_defaults(cfg: TrainConfig, n_train: int, width: int, log: Log) -> Train
             f"{k.replace('_', ' ')} {v:.3g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
             for k, v in changes.items()))
     return replace(cfg, **changes)
+
+
+FREE_SHARE = 1.0  # of the tower's blocks in the free branch, when left to the trainer (docs/training.md)
+
+
+def tower_defaults(cfg: TrainConfig, layers: int) -> TrainConfig:
+    """The free branch's size (train.free_branch) for a tower of `layers` blocks: FREE_SHARE of them,
+    rounded up, where L_kd holds the tower in stage 1; none otherwise (without L_kd both copies would
+    learn alike). A size given by the user is kept, if the tower has that many blocks."""
+    if cfg.free_blocks is not None:
+        if cfg.free_blocks > layers:
+            raise TrainError(None, f"--free-blocks {cfg.free_blocks}: this tower has {layers} blocks")
+        return cfg
+    held = cfg.kd and cfg.kd_weight > 0 and 1 in cfg.stages
+    return replace(cfg, free_blocks=math.ceil(FREE_SHARE * layers) if held else 0)
 
 
 # Settings --resume may change: where and how long it runs, not what it trains.

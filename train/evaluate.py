@@ -28,7 +28,7 @@ def extract_features(model: HPDVAL, cache: ImageCache, indices: np.ndarray, batc
     FEATURE_FP16_BYTES they are kept in float16 and cast back per batch.
     """
     model.eval()
-    n_patches = model.student.grid_size[0] * model.student.grid_size[1]
+    n_patches = model.student.grid_size[0] * model.student.grid_size[1] * len(model.heads())
     half = len(indices) * n_patches * model.text_hand.shape[1] * 4 > FEATURE_FP16_BYTES
     cls_parts, patch_parts = [], []
     for start in range(0, len(indices), batch_size):

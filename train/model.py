@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.backbone import LoadedClip, token_tower
+from train.free_branch import add_free_branch, encode_both, free_branch
 from train.prompts import CTX_INIT, NULL_PROMPT, PromptLearner, TextEncoder, encode_prompts, encode_text
 from train.q2l import HEADS, Q2LHead
 
@@ -38,6 +39,7 @@ class HPDVALConfig:
     score_norm: str = "center"  # per-photo normalisation of each view's scores: center | l2 | none
     head: str = "dual-view"  # "q2l": add a Query2Label head's residual logit (train.q2l)
     head_layers: int = 1  # decoder layers of the q2l head
+    free_blocks: int = 0  # the tower's last N blocks get a copy L_kd does not hold (train.free_branch); 0: none
 
 
 @dataclass
@@ -84,10 +86,19 @@ def standardize(pixels01_nchw: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 def encode_image(visual: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(f_cls [B, D], f_patch [B, N, D], both L2-normalized; pooled [B, D] unnormalized, for L_kd)."""
-    pooled, tokens = visual(pixels)
-    f_cls = F.normalize(pooled, dim=-1)
-    f_patch = F.normalize(tokens @ visual.proj, dim=-1)
+    """(f_cls [B, D], f_patch [B, N, D], both L2-normalized; pooled [B, D] unnormalized, for L_kd).
+
+    A tower with a free branch (train.free_branch) gives both branches' features on a branch axis:
+    f_cls [B, 2, D] and f_patch [B, 2, N, D], held branch first; pooled is the held branch's.
+    """
+    branch = free_branch(visual)
+    if branch is None:
+        pooled, tokens = visual(pixels)
+        return F.normalize(pooled, dim=-1), F.normalize(tokens @ visual.proj, dim=-1), pooled
+    pooled, tokens, free_pooled, free_tokens = encode_both(visual, branch, pixels)
+    f_cls = torch.stack([F.normalize(pooled, dim=-1), F.normalize(free_pooled, dim=-1)], dim=1)
+    f_patch = torch.stack([F.normalize(tokens @ visual.proj, dim=-1),
+                           F.normalize(free_tokens @ branch.proj, dim=-1)], dim=1)
     return f_cls, f_patch, pooled
 
 
@@ -115,6 +126,27 @@ def dual_view_logits(f_cls: torch.Tensor, f_patch: torch.Tensor, P_G: torch.Tens
     patch_scores = f_patch @ P_L.t()  # [B, N, C + R]
     s_local = normalize_scores(torch.topk(patch_scores, topk, dim=1).values.mean(dim=1), score_norm)[:, :n_tags]
     return logit_scale * (alpha * s_global + (1.0 - alpha) * s_local)
+
+
+def branch_logits(f_cls: torch.Tensor, f_patch: torch.Tensor, P_G: torch.Tensor, P_L: torch.Tensor, alpha: float,
+                  topk: int, logit_scale: torch.Tensor | float, score_norm: str, P_ref: torch.Tensor | None,
+                  heads: tuple[nn.Module | None, ...]) -> list[torch.Tensor]:
+    """Each branch's logits [B, C] before any bias: the dual view plus the branch's Query2Label head.
+    One branch: f_cls [B, D], f_patch [B, N, D]; with a free branch, a branch axis after the batch one
+    (`encode_image`) and one head per branch."""
+    if f_cls.dim() == 2:
+        f_cls, f_patch = f_cls.unsqueeze(1), f_patch.unsqueeze(1)
+    out = []
+    for b, head in enumerate(heads):
+        z = dual_view_logits(f_cls[:, b], f_patch[:, b], P_G, P_L, alpha, topk, logit_scale, score_norm, P_ref)
+        out.append(z if head is None else z + head(f_cls[:, b], f_patch[:, b]))
+    return out
+
+
+def tag_logits(*args, **kwargs) -> torch.Tensor:
+    """The model's logits [B, C] before any bias: the mean of its branches' (`branch_logits`)."""
+    branches = branch_logits(*args, **kwargs)
+    return branches[0] if len(branches) == 1 else torch.stack(branches).mean(dim=0)
 
 
 class HPDVAL(nn.Module):
@@ -158,9 +190,9 @@ class HPDVAL(nn.Module):
             self.register_buffer("text_null", encode_text(clip.model, clip.tokenizer, [NULL_PROMPT]))
         if config.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)}, not {config.head!r}")
-        dim = self.text_hand.shape[1]
-        self.head = (Q2LHead(self.text_hand, layers=config.head_layers, heads=max(1, dim // 64))
-                     if config.head == "q2l" else None)
+        self.head = self._new_head()
+        if config.free_blocks:  # after the teacher's copy of the tower: the teacher has no free branch
+            add_free_branch(self.student, config.free_blocks, self._new_head())
 
     # -- text side ---------------------------------------------------------------------------------
     def text_features(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,12 +210,28 @@ class HPDVAL(nn.Module):
         return encode_image(self.student if tower == "student" else self.teacher, pixels)
 
     def logits(self, f_cls: torch.Tensor, f_patch: torch.Tensor, P_G: torch.Tensor, P_L: torch.Tensor) -> torch.Tensor:
-        """Logits z [B, C] before the loss's class bias υ (the learned tag bias is in)."""
-        z = dual_view_logits(f_cls.float(), f_patch.float(), P_G.float(), P_L.float(), self.alpha, self.topk,
-                             self.logit_scale, self.score_norm, self.text_null)
-        if self.head is not None:
-            z = z + self.head(f_cls.float(), f_patch.float())
-        return z + self.tag_bias
+        """Logits z [B, C] before the loss's class bias υ (the learned tag bias is in): the mean of the
+        branches' (`branch_logits`)."""
+        return tag_logits(*self._logit_args(f_cls, f_patch, P_G, P_L)) + self.tag_bias
+
+    def branch_logits(self, f_cls: torch.Tensor, f_patch: torch.Tensor, P_G: torch.Tensor, P_L: torch.Tensor
+                      ) -> list[torch.Tensor]:
+        """Each branch's logits [B, C] (held branch first), tag bias in: what stage 1 trains, one loss each."""
+        return [z + self.tag_bias for z in branch_logits(*self._logit_args(f_cls, f_patch, P_G, P_L))]
+
+    def _logit_args(self, f_cls, f_patch, P_G, P_L) -> tuple:
+        return (f_cls.float(), f_patch.float(), P_G.float(), P_L.float(), self.alpha, self.topk, self.logit_scale,
+                self.score_norm, self.text_null, self.heads())
+
+    def heads(self) -> tuple[nn.Module | None, ...]:
+        """One Query2Label head (or None) per branch, held branch first."""
+        branch = free_branch(self.student)
+        return (self.head,) if branch is None else (self.head, branch.head)
+
+    def _new_head(self) -> Q2LHead | None:
+        dim = self.text_hand.shape[1]
+        return (Q2LHead(self.text_hand, layers=self.config.head_layers, heads=max(1, dim // 64))
+                if self.config.head == "q2l" else None)
 
     def init_tag_bias(self, class_counts, n_images: int, mean_logits: torch.Tensor | None = None) -> None:
         """Start each tag's logit, on an average training photo, at the tag's log prior odds.
@@ -239,8 +287,8 @@ def score_images(parts: ExportParts, images_uint8_nhwc: torch.Tensor) -> torch.T
     P_G = parts.P_G.to(f_cls.dtype)
     P_L = parts.P_L.to(f_cls.dtype)
     P_ref = None if parts.P_ref is None else parts.P_ref.to(f_cls.dtype)
-    logits = dual_view_logits(f_cls, f_patch, P_G, P_L, parts.alpha, parts.topk, parts.logit_scale,
-                              parts.score_norm, P_ref)
-    if parts.head is not None:
-        logits = logits + parts.head(f_cls, f_patch)
+    branch = free_branch(parts.visual)
+    heads = (parts.head,) if branch is None else (parts.head, branch.head)
+    logits = tag_logits(f_cls, f_patch, P_G, P_L, parts.alpha, parts.topk, parts.logit_scale, parts.score_norm,
+                        P_ref, heads)
     return torch.sigmoid(logits + parts.class_bias.to(logits.dtype))

@@ -210,7 +210,8 @@ def rebuild_model(config: dict, labels: list[str]) -> HPDVAL:
                       preprocess=Preprocess.from_dict(spec["preprocess"]), mean=tuple(spec["mean"]),
                       std=tuple(spec["std"]), name=config["train"]["backbone"], config=spec["clip_config"])
     hp = HPDVALConfig(alpha=spec["alpha"], topk=spec["topk"], ctx_init=spec["ctx_init"], score_norm=spec["score_norm"],
-                      head=spec.get("head", "dual-view"), head_layers=spec.get("head_layers", 1))
+                      head=spec.get("head", "dual-view"), head_layers=spec.get("head_layers", 1),
+                      free_blocks=spec.get("free_blocks", 0))
     return HPDVAL(clip, labels, class_bias=None, config=hp, teacher=False)
 
 

@@ -23,6 +23,7 @@ from train.augment import AugmentConfig, augment
 from train.config import Log, TrainConfig, TrainError, autocast
 from train.distributed import Single
 from train.evaluate import evaluate, extract_features
+from train.free_branch import free_branch
 from train.model import HPDVAL, normalize_pixels, standardize
 from train.prepare import Prepared
 from train.split import spread
@@ -252,7 +253,7 @@ class Trainer:
         params = model.set_stage(1)
         if cfg.train_blocks > 0:
             params = self._last_blocks_only(cfg.train_blocks)
-        head = [] if model.head is None else list(model.head.parameters())
+        head = [p for h in model.heads() if h is not None for p in h.parameters()]
         optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay, {id(p): cfg.head_lr for p in head})
         total_steps = cfg.epochs * steps_per_epoch(len(self.data.train_idx), cfg.batch_size)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
@@ -289,8 +290,12 @@ class Trainer:
         """The stage 1 loss terms on normalized pixels: L_cls against P_H in both views, and L_kd."""
         model = self.model
         f_cls, f_patch, pooled = model.encode(pixels)
-        logits = model.logits(f_cls, f_patch, model.text_hand, model.text_hand)
-        terms = {"cls": self.loss_fn(logits.float(), targets)}
+        # One loss per branch (train.free_branch), not one on their mean: each branch learns to tag on its
+        # own, and L_kd holds only the first, so the two stay different and their mean gains from both.
+        held, *free = model.branch_logits(f_cls, f_patch, model.text_hand, model.text_hand)
+        terms = {"cls": self.loss_fn(held.float(), targets)}
+        if free:
+            terms["cls_free"] = self.loss_fn(free[0].float(), targets)
         if use_kd:
             with torch.no_grad():
                 _, _, teacher_pooled = model.encode(pixels, tower="teacher")
@@ -319,7 +324,9 @@ class Trainer:
         student = self.model.student
         student.requires_grad_(False)
         blocks = student.transformer.resblocks
-        keep = [*blocks[max(0, len(blocks) - n):].parameters(), *student.ln_post.parameters(), student.proj]
+        branch = free_branch(student)  # its copies of the last blocks and its head train too
+        keep = [*blocks[max(0, len(blocks) - n):].parameters(), *student.ln_post.parameters(), student.proj,
+                *(branch.parameters() if branch is not None else ())]
         for p in keep:
             p.requires_grad_(True)
         head = [] if self.model.head is None else list(self.model.head.parameters())  # still trainable

@@ -1,6 +1,6 @@
 """Test F1 at each run's calibrated thresholds: what `tagger tag` writes, which test mAP does not see.
 
-    python -m bench.quality.f1_at_thresholds [--methods default,dual_view,plain_ft]
+    python -m bench.quality.f1_at_thresholds [--methods default,no_free,plain_ft]
                                              [--settings long-tailed,1-shot,5-shot] [--worlds]
 
 Reads the run folders the last full `bench.quality.run_all` left in its result cache (by default the
@@ -87,7 +87,7 @@ def _f1_row(run, run_dir: Path, pixels: np.ndarray, test_targets: np.ndarray) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", default="default,dual_view,plain_ft")
+    parser.add_argument("--methods", default="default,no_free,plain_ft")
     parser.add_argument("--settings", default="long-tailed", help="comma-separated: long-tailed,1-shot,5-shot")
     parser.add_argument("--worlds", action="store_true", help="add task A's other frequency orders (long-tailed)")
     args = parser.parse_args()

@@ -324,9 +324,10 @@ def write_report(results_dir: Path, out: Path = DOCS / "quality.md") -> Path:
                       "baseline refits as well), against the default's validated model from the same job:", "", *refit, ""]
         alternatives = [line for s in ["long-tailed", *few] for line in ablation_lines(results, name, ALTERNATIVES, s)]
         if alternatives:
-            lines += ["Other heads, each against the default's validated model:", "", *alternatives, ""]
+            lines += ["The default without its free branch (one tower, held by L_kd), against the default's "
+                      "validated model:", "", *alternatives, ""]
         if info["ablations"]:
-            lines += ["Each ablation changes one thing in the default and, like the other heads, runs without the "
+            lines += ["Each ablation changes one thing in the default and, like the alternative above, runs without the "
                       "refit, so it is compared with the default's validated model (`no_refit`, same jobs as the "
                       "default). A difference counts only when the means differ by more than the seeds' combined "
                       "standard deviation; an ablation run on one seed (seeds column 1) is compared with the "
