@@ -3,18 +3,24 @@ Each test names the breakage it catches."""
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from click.testing import CliRunner
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 
+from tagger.cli import cli  # noqa: E402
+from tagger.modelfile import TaggerModel  # noqa: E402
 from train.backbone import load_clip  # noqa: E402
 from train.config import TrainConfig, TrainError, tower_defaults  # noqa: E402
 from train.free_branch import free_branch  # noqa: E402
 from train.losses import make_loss  # noqa: E402
 from train.model import HPDVAL, HPDVALConfig, score_images  # noqa: E402
 from train.prepare import Prepared  # noqa: E402
+from train.runs import load_run, read_json  # noqa: E402
 from train.stages import Trainer  # noqa: E402
+from train.synthetic import generate_dataset  # noqa: E402
 
 TINY = str(Path(__file__).resolve().parents[1] / "train" / "model_configs" / "tagger-tiny.json")
 TAGS = ["dog", "Animals|Cat", "red ball"]
@@ -113,3 +119,42 @@ def test_the_free_branch_is_picked_where_l_kd_holds_the_tower_and_kept_as_given(
     assert tower_defaults(TrainConfig(labels="x", data="x", free_blocks=0), 12).free_blocks == 0
     with pytest.raises(TrainError, match="13: this tower has 12 blocks"):
         tower_defaults(TrainConfig(labels="x", data="x", free_blocks=13), 12)
+
+
+@pytest.mark.slow
+def test_a_trained_free_branch_exports_both_copies_with_parity_and_its_blocks_in_int8(checkpoint, tmp_path):
+    # Catches: an exported graph that scores one copy only (PyTorch's scores would differ), or the free
+    # copy's blocks left in fp32 by int8: export.quantize keeps everything from the tower's projection on
+    # in fp32, so the free blocks must run before it (train.free_branch.encode_both).
+    data = generate_dataset(tmp_path / "data", n_train=60, n_test=0, seed=3)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, [str(a) for a in (
+        "train", "--labels", data.labels_file, "--data", data.train_dir, "--annotations", data.train_csv,
+        "--backbone", TINY, "--pretrained", checkpoint, "--out", out, "--epochs", 1, "--stage2-epochs", 1,
+        "--no-refit", "--no-keywords", "--drop-empty", "--quiet")])
+    assert result.exit_code == 0, result.output
+    assert read_json(out / "config.json")["model"]["free_blocks"] == 3  # picked: every block, L_kd being on
+    run = load_run(out)
+    assert free_branch(run.parts.visual) is not None
+    images = run.validation_images()
+    with torch.no_grad():
+        reference = score_images(run.parts, torch.from_numpy(images)).numpy()
+
+    files = {}
+    for variant in ("fp32", "int8"):
+        files[variant] = tmp_path / f"{variant}.onnx"
+        args = ["export", str(out), "--out", str(files[variant])] + (["--quantize", "int8"] if variant == "int8" else [])
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+    assert np.abs(TaggerModel(files["fp32"], device="cpu").predict(images) - reference).max() <= 1e-4
+
+    def scopes(node) -> str:
+        return {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.name_scopes", "")
+
+    free_linears = [node.name for node in onnx.load(str(files["fp32"])).graph.node
+                    if node.op_type in ("MatMul", "Gemm") and "free_branch.blocks." in scopes(node)
+                    and "aten.linear" in {p.key: p.value for p in node.metadata_props}.get("pkg.torch.onnx.fx_node", "")]
+    assert len(free_linears) == 4 * 3  # attention in and out, MLP in and out, per block
+    quantized = {node.name for node in onnx.load(str(files["int8"])).graph.node if node.op_type == "MatMulInteger"}
+    # The quantizer names its node after the original: NAME_quant, or NAME_MatMul_quant for a Gemm.
+    assert all(any(q.startswith(f"{name}_") for q in quantized) for name in free_linears)

@@ -49,6 +49,12 @@ def free_branch(visual: nn.Module) -> FreeBranch | None:
     return getattr(visual, ATTRIBUTE, None)
 
 
+def branch_heads(visual: nn.Module, head: nn.Module | None) -> tuple[nn.Module | None, ...]:
+    """The Query2Label head (or None) of each branch of `visual`, the held one's (`head`) first."""
+    branch = free_branch(visual)
+    return (head,) if branch is None else (head, branch.head)
+
+
 def encode_both(visual: nn.Module, branch: FreeBranch, pixels: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(pooled, tokens) of the held tower and of the free branch, as `visual(pixels)` returns them with

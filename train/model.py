@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.backbone import LoadedClip, token_tower
-from train.free_branch import add_free_branch, encode_both, free_branch
+from train.free_branch import add_free_branch, branch_heads, encode_both, free_branch
 from train.prompts import CTX_INIT, NULL_PROMPT, PromptLearner, TextEncoder, encode_prompts, encode_text
 from train.q2l import HEADS, Q2LHead
 
@@ -225,8 +225,7 @@ class HPDVAL(nn.Module):
 
     def heads(self) -> tuple[nn.Module | None, ...]:
         """One Query2Label head (or None) per branch, held branch first."""
-        branch = free_branch(self.student)
-        return (self.head,) if branch is None else (self.head, branch.head)
+        return branch_heads(self.student, self.head)
 
     def _new_head(self) -> Q2LHead | None:
         dim = self.text_hand.shape[1]
@@ -287,8 +286,6 @@ def score_images(parts: ExportParts, images_uint8_nhwc: torch.Tensor) -> torch.T
     P_G = parts.P_G.to(f_cls.dtype)
     P_L = parts.P_L.to(f_cls.dtype)
     P_ref = None if parts.P_ref is None else parts.P_ref.to(f_cls.dtype)
-    branch = free_branch(parts.visual)
-    heads = (parts.head,) if branch is None else (parts.head, branch.head)
     logits = tag_logits(f_cls, f_patch, P_G, P_L, parts.alpha, parts.topk, parts.logit_scale, parts.score_norm,
-                        P_ref, heads)
+                        P_ref, branch_heads(parts.visual, parts.head))
     return torch.sigmoid(logits + parts.class_bias.to(logits.dtype))
