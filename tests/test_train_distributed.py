@@ -19,11 +19,11 @@ LR = 2e-3
 TOLERANCE = 0.1  # of one Adam step (lr): see the weight comparison below
 
 
-def _train(launcher: list[str], synthetic, out: Path) -> subprocess.CompletedProcess:
+def _train(launcher: list[str], synthetic, out: Path, pretrained: Path | None) -> subprocess.CompletedProcess:
     args = ["--labels", str(synthetic.labels_file), "--data", str(synthetic.train_dir),
             "--annotations", str(synthetic.train_csv), "--backbone", TINY, "--out", str(out), "--no-keywords",
             "-q", "--device", "cpu", "--batch-size", "15", "--epochs", "3", "--stage2-epochs", "1",
-            "--lr", str(LR), "--seed", "3"]
+            "--lr", str(LR), "--seed", "3", *(["--pretrained", str(pretrained)] if pretrained else [])]
     # One thread per process: the same float sums in every run, and no fight over the cores.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run([*launcher, "-m", "tagger", "train", *args], env=env, capture_output=True, text=True,
@@ -31,15 +31,26 @@ def _train(launcher: list[str], synthetic, out: Path) -> subprocess.CompletedPro
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_train_what_one_process_trains(tmp_path):
+@pytest.mark.parametrize("start", ["random", "pretrained"])
+def test_torchrun_two_processes_train_what_one_process_trains(tmp_path, start):
     # 96 training photos in global batches of 15: 6 steps an epoch, one of them the 21-photo merged
     # last batch, split 8/7 and 11/10 between the ranks (unequal shares, as a real run has them).
+    # From a random tower nothing is distilled; from a pretrained one (a saved random CLIP standing in),
+    # L_kd holds the tower and the free branch trains beside it, as a user's run does.
     synthetic = generate_dataset(tmp_path / "data", n_train=120, n_test=0, seed=1)
-    one = _train([sys.executable], synthetic, tmp_path / "one")
+    pretrained = None
+    if start == "pretrained":
+        from train.backbone import load_clip
+        torch.manual_seed(7)
+        pretrained = tmp_path / "tiny.pt"
+        torch.save(load_clip(TINY, None).model.state_dict(), pretrained)
+    one = _train([sys.executable], synthetic, tmp_path / "one", pretrained)
     assert one.returncode == 0, one.stdout + one.stderr
     two = _train([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
-                 synthetic, tmp_path / "two")
+                 synthetic, tmp_path / "two", pretrained)
     assert two.returncode == 0, two.stdout + two.stderr
+    config = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert config["model"]["free_blocks"] == (3 if start == "pretrained" else 0)
 
     assert "2 processes (gloo)" in two.stdout
     # Rank 0 alone logs: each epoch and the final line once.
