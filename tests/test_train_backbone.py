@@ -102,14 +102,14 @@ def _train(synthetic, out, *args):
 
 def _initial_state(synthetic, run_dir, checkpoint) -> dict:
     labels = json.loads((run_dir / "dataset.json").read_text())["labels"]
-    head = json.loads((run_dir / "config.json").read_text())["model"]["head"]
+    spec = json.loads((run_dir / "config.json").read_text())["model"]
     return HPDVAL(load_clip(TINY, str(checkpoint)), labels, teacher=False,
-                  config=HPDVALConfig(head=head)).inference_state_dict()
+                  config=HPDVALConfig(head=spec["head"], free_blocks=spec["free_blocks"])).inference_state_dict()
 
 
 def _random_init(key: str) -> bool:
-    """The q2l head's linear layers start random: unequal between two builds without any training."""
-    return key.startswith("head.layers.") and ".norm" not in key
+    """The q2l heads' linear layers start random: unequal between two builds without any training."""
+    return key.removeprefix("student.free_branch.").startswith("head.layers.") and ".norm" not in key
 
 
 def test_stage1_moves_only_the_student(synthetic, checkpoint, tmp_path):
@@ -117,6 +117,7 @@ def test_stage1_moves_only_the_student(synthetic, checkpoint, tmp_path):
                     "--lr", "1e-3")
     assert result.exit_code == 0, result.output
     assert "L_kd off" not in result.output  # pretrained weights: the teacher distils
+    assert "free branch over the last 3 of 3 tower blocks" in result.output  # and the free copy trains beside
     before = _initial_state(synthetic, tmp_path / "run", checkpoint)
     after = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
     assert set(after) == set(before)
