@@ -166,6 +166,11 @@ def data_defaults(cfg: TrainConfig, n_train: int, width: int, log: Log) -> Train
     return replace(cfg, **changes)
 
 
+def distils(cfg: TrainConfig) -> bool:
+    """Whether stage 1 runs with L_kd: it needs the teacher, and it is what the free branch is free of."""
+    return cfg.kd and cfg.kd_weight > 0 and 1 in cfg.stages
+
+
 FREE_SHARE = 1.0  # of the tower's blocks in the free branch, when left to the trainer (docs/training.md)
 
 
@@ -177,8 +182,7 @@ def tower_defaults(cfg: TrainConfig, layers: int) -> TrainConfig:
         if cfg.free_blocks > layers:
             raise TrainError(None, f"--free-blocks {cfg.free_blocks}: this tower has {layers} blocks")
         return cfg
-    held = cfg.kd and cfg.kd_weight > 0 and 1 in cfg.stages
-    return replace(cfg, free_blocks=math.ceil(FREE_SHARE * layers) if held else 0)
+    return replace(cfg, free_blocks=math.ceil(FREE_SHARE * layers) if distils(cfg) else 0)
 
 
 # Settings --resume may change: where and how long it runs, not what it trains.

@@ -23,7 +23,7 @@ from tagger.errors import TaggerError
 from train import distributed, runs
 from train.backbone import LoadedClip, load_clip
 from train.config import (Log, TrainConfig, TrainError, check_config, check_same_setup, data_defaults,
-                          pick_device, resolve_defaults, tower_defaults)
+                          distils, pick_device, resolve_defaults, tower_defaults)
 from train.cache import ImageCache, build_cache
 from train.evaluate import cache_scores, evaluate, photo_scores
 from train.losses import make_loss
@@ -67,7 +67,7 @@ def build_model(cfg: TrainConfig, clip: LoadedClip, data: Prepared, device: torc
     model = HPDVAL(clip, data.labels, class_bias=loss_fn.class_bias.cpu(),
                    config=HPDVALConfig(alpha=cfg.alpha, topk=cfg.topk, score_norm=cfg.score_norm, head=cfg.head,
                                        free_blocks=cfg.free_blocks or 0),
-                   teacher=1 in cfg.stages and cfg.kd and cfg.kd_weight > 0)
+                   teacher=distils(cfg))
     model.init_tag_bias(train_counts, len(data.train_idx))
     return model.to(device), loss_fn
 
@@ -110,13 +110,13 @@ def _train(cfg: TrainConfig, resume: bool, log: Log, progress: bool, dist: distr
     data = distributed.prepare_once(dist, lambda saved: prepare_data(cfg, clip, run_dir, log, progress, saved),
                                     saved_dataset)
     cfg = data_defaults(cfg, len(data.train_idx), clip.model.visual.transformer.width, log)
-    cfg = tower_defaults(cfg, len(clip.model.visual.transformer.resblocks))
+    blocks = len(clip.model.visual.transformer.resblocks)
+    cfg = tower_defaults(cfg, blocks)
     dist.check_batches(cfg.batch_size, len(data.train_idx))
     log(f"training: loss {cfg.loss}, scores {cfg.score_norm}, alpha {cfg.alpha:g}, stage 1 lr {cfg.lr:.3g} for "
         f"{cfg.epochs} epochs" + (" + WiSE-FT mixes" if cfg.wise_ft else "") + f", stage 2 lr {cfg.stage2_lr:g} for "
         f"{cfg.stage2_epochs} epochs, batch {cfg.batch_size}, stages {','.join(map(str, cfg.stages))}"
-        + (f", free branch over the last {cfg.free_blocks} of {len(clip.model.visual.transformer.resblocks)} "
-           "tower blocks" if cfg.free_blocks else ""))
+        + (f", free branch over the last {cfg.free_blocks} of {blocks} tower blocks" if cfg.free_blocks else ""))
     model, loss_fn = build_model(cfg, clip, data, device)
     name = cfg.name or Path(cfg.labels).stem
     if saved_config is None and dist.is_main:
